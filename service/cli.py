@@ -1,0 +1,121 @@
+"""The command line: parse arguments, call one function, map errors to exit codes.
+
+Exit codes (also in the README): 0 success; 1 the job failed; 2 bad
+configuration or usage; 3 refused (confirmation missing, unsafe target);
+4 the service lock stayed busy; 5 aborted by a signal; 70 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from service import catalog, jobs
+from service.commands import CancelScope
+from service.config import load_config
+from service.errors import ServiceError
+from service.log import configure_logging, register_secrets, scrub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fac-backup", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one job to completion (as `cf run-task` does)")
+    run.add_argument("job", help="a job name; `fac-backup jobs` lists them")
+    run.add_argument("args", nargs="*", help="the job's arguments (e.g. a BACKUP_ID)")
+    run.add_argument("--confirm", metavar="BINDING",
+                     help="name the protected binding a restore overwrites (e.g. fac-db)")
+    run.add_argument("--apply", action="store_true", help="make changes (jobs that dry-run by default)")
+    run.add_argument("--force", action="store_true", help="override a safety limit the job names")
+
+    lister = sub.add_parser("list", help="list the backups in the backups bucket")
+    lister.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("jobs", help="list the jobs of the registry")
+
+    demo = sub.add_parser("demo", help="run scheduled_backup on a throwaway PostgreSQL and local S3")
+    demo.add_argument("--daemon", action="store_true", help="start the daemon on the sandbox instead")
+    demo.add_argument("--rows", type=int, default=5000, help="rows of the main sample table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    handler = COMMANDS[ns.command]
+    try:
+        return handler(ns)
+    except ServiceError as exc:
+        print_error(exc)
+        return exc.exit_code
+
+
+def print_error(exc: ServiceError) -> None:
+    """A readable error on stderr; secrets scrubbed like the log."""
+    print(f"error: {scrub(exc.message)}", file=sys.stderr)
+    if exc.detail:
+        print(scrub(exc.detail), file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {scrub(exc.hint)}", file=sys.stderr)
+
+
+def install_signal_handlers(scope: CancelScope) -> None:
+    """SIGTERM/SIGINT cancel the running job: its programs are killed and uploads aborted."""
+    def handler(signum, _frame):
+        scope.cancel(f"received {signal.Signals(signum).name}")
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(ns) -> int:
+    jobs.get_job(ns.job)  # an unknown job is a usage error before configuration is read
+    config = load_config()
+    register_secrets(config.secrets())
+    configure_logging(config.settings.log_format, sys.stdout)
+    scope = CancelScope()
+    install_signal_handlers(scope)
+    options = {"confirm": ns.confirm, "apply": ns.apply, "force": ns.force}
+    result = jobs.run_job(config, ns.job, tuple(ns.args), options=options, scope=scope, trigger="cli")
+    if result.error is not None:
+        print_error(result.error)
+    return result.exit_code
+
+
+def cmd_list(ns) -> int:
+    config = load_config()
+    register_secrets(config.secrets())
+    configure_logging(config.settings.log_format, sys.stderr)
+    from service.storage import S3ObjectStore
+
+    backups = catalog.list_backups(S3ObjectStore(config.backups))
+    if ns.json:
+        rows = [{"id": b.id, "job": b.job, "started_at": b.started_at, "finished_at": b.finished_at,
+                 "complete": b.complete, "tables": b.tables, "bytes": b.bytes} for b in backups]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':<32} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
+    for b in backups:
+        state = "complete" if b.complete else "INCOMPLETE"
+        print(f"{b.id:<32} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} {b.bytes:>14,}")
+    return 0
+
+
+def cmd_jobs(_ns) -> int:
+    for spec in sorted(jobs.JOBS.values(), key=lambda s: s.name):
+        usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
+        steps = " -> ".join(spec.steps)
+        print(f"{usage:<28} {steps:<44} {spec.description}")
+    return 0
+
+
+def cmd_demo(ns) -> int:
+    from service.demo import run_demo
+
+    return run_demo(daemon=ns.daemon, rows=ns.rows)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "jobs": cmd_jobs, "demo": cmd_demo}

@@ -1,0 +1,116 @@
+"""psycopg connections for control and introspection (the PostgreSQL programs move the data).
+
+Identifiers always go through psycopg.sql.Identifier, so names with quotes,
+spaces, capitals, non-ASCII letters or reserved words are safe. Driver errors
+become DatabaseError with the server's message and no secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from service.errors import DatabaseError
+from service.log import scrub
+from service.vcap import DatabaseBinding
+
+USER_TABLES_SQL = """
+SELECT n.nspname, c.relname, pg_total_relation_size(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname <> 'information_schema'
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d
+      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+
+@dataclass(frozen=True, order=True)
+class TableInfo:
+    """One user table and its size on disk (heap, indexes and TOAST)."""
+
+    schema: str
+    name: str
+    total_bytes: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection; raise DatabaseError naming the binding, never the password."""
+    try:
+        return psycopg.connect(
+            host=db.host,
+            port=db.port,
+            dbname=db.dbname,
+            user=db.username,
+            password=db.password,
+            sslmode=sslmode,
+            application_name="fac-backup",
+            connect_timeout=30,
+            autocommit=autocommit,
+        )
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to {db.name} ({db.host}:{db.port}/{db.dbname})",
+            detail=scrub(str(exc).strip()),
+            hint="check that the service binding is current and the database is reachable",
+        ) from exc
+
+
+@contextlib.contextmanager
+def translated_errors(what: str) -> Iterator[None]:
+    """Turn psycopg errors inside the block into DatabaseError('<what> failed')."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseError(f"{what} failed", detail=scrub(str(exc).strip())) from exc
+
+
+def server_version(conn: psycopg.Connection) -> tuple[int, str]:
+    """(major, 'major.minor') of the server."""
+    num = conn.info.server_version
+    return num // 10000, f"{num // 10000}.{num % 10000}"
+
+
+def list_user_tables(conn: psycopg.Connection) -> list[TableInfo]:
+    """Every ordinary and partitioned table outside the system schemas and extensions."""
+    with translated_errors("listing tables"):
+        rows = conn.execute(USER_TABLES_SQL).fetchall()
+    return [TableInfo(schema, name, int(size or 0)) for schema, name, size in rows]
+
+
+def count_rows(conn: psycopg.Connection, schema: str, table: str) -> int:
+    """Exact row count, identifiers quoted."""
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    with translated_errors(f"counting rows of {schema}.{table}"):
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def export_snapshot(conn: psycopg.Connection) -> str:
+    """Open a REPEATABLE READ READ ONLY transaction and export its snapshot.
+
+    The transaction must stay open until every importer has started.
+    """
+    with translated_errors("exporting a snapshot"):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def import_snapshot(conn: psycopg.Connection, snapshot: str) -> None:
+    """Make `conn` see exactly the exported snapshot (REPEATABLE READ, read only)."""
+    with translated_errors("importing the backup snapshot"):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))

@@ -1,0 +1,268 @@
+"""The job registry: job name -> ordered steps, shared by the CLI, the scheduler and the socket.
+
+`run_job` is the one safe boundary of a run: it binds the job and run id to
+every log event, times the run, stops at the first failed step, turns an
+expected error into one `failure`, anything else into a `crashed` failure with
+a traceback, and always ends with one summary event and the metrics. Nothing
+escapes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from service.commands import CancelScope
+from service.config import Config
+from service.errors import (
+    ConfirmationRequiredError,
+    JobAbortedError,
+    LockBusyError,
+    ServiceError,
+    UsageError,
+)
+from service.log import get_logger
+from service.storage import ObjectStore, S3ObjectStore
+from service.tasks import backup, checks, snapshot, sync
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One operation as operators know it."""
+
+    name: str
+    steps: tuple[str, ...]
+    description: str
+    backup_kind: str = "on-demand"  # layout.ID_FORMATS key for its db_to_s3 step
+    arguments: tuple[str, ...] = ()  # required positional arguments
+    optional_arguments: tuple[str, ...] = ()
+    protected_target: str | None = None  # Config attribute an operator must name with --confirm
+    takes_lock: bool = True
+
+
+JOB_SPECS: tuple[JobSpec, ...] = (
+    JobSpec("initial_backup", ("db_to_s3", "db_to_db", "media_sync"),
+            "first run in a new environment: dumps, a first snapshot copy, media", "initial"),
+    JobSpec("deploy_backup", ("db_to_s3", "db_to_db", "media_sync"),
+            "before a deploy: dumps, snapshot copy replaced, media", "deploy"),
+    JobSpec("scheduled_backup", ("row_count", "db_to_s3", "media_sync"),
+            "every two hours in working hours", "scheduled"),
+    JobSpec("daily_backup", ("row_count", "db_to_s3", "media_sync"),
+            "once a day; never touches fac-snapshot-db", "daily"),
+    JobSpec("on_demand_backup", ("row_count", "db_to_s3", "db_to_db", "media_sync"),
+            "manual, any time", "on-demand"),
+    JobSpec("media_sync", ("media_sync",), "copy new and changed media into the backups bucket"),
+    JobSpec("check_tables", ("check_tables",), "every table of the table manifest exists; row counts"),
+    JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket", "on-demand"),
+    JobSpec("db_to_db", ("db_to_db",), "copy fac-db into fac-snapshot-db, all or nothing"),
+    JobSpec("row_count", ("row_count",), "exact row count of every table", takes_lock=False),
+)
+
+StepFunction = Callable[["JobContext"], dict]
+
+STEPS: dict[str, StepFunction] = {
+    "row_count": checks.count_all_rows,
+    "check_tables": checks.check_tables,
+    "db_to_s3": lambda ctx: backup.backup_database(ctx, ctx.spec.backup_kind),
+    "media_sync": sync.sync_media,
+    "db_to_db": snapshot.copy_database,
+}
+
+JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
+
+
+def register_job(spec: JobSpec, steps: dict[str, StepFunction] | None = None) -> None:
+    """Add a job (and the steps it brings) to the registry; used by task modules."""
+    JOBS[spec.name] = spec
+    STEPS.update(steps or {})
+
+
+def get_job(name: str) -> JobSpec:
+    """The spec of `name`, or UsageError listing the known jobs."""
+    spec = JOBS.get(name)
+    if spec is None:
+        raise UsageError(
+            f"unknown job {name!r}",
+            hint="known jobs: " + ", ".join(sorted(JOBS)),
+        )
+    return spec
+
+
+def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config: Config | None) -> None:
+    """Check arguments and, for protected jobs, the operator's confirmation."""
+    low, high = len(spec.arguments), len(spec.arguments) + len(spec.optional_arguments)
+    if not low <= len(args) <= high:
+        usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
+        raise UsageError(f"{spec.name} takes {low if low == high else f'{low} to {high}'} argument(s)",
+                         hint=f"usage: run {usage}")
+    if spec.protected_target and config is not None:
+        target = getattr(config, spec.protected_target).name
+        if options.get("confirm") != target:
+            raise ConfirmationRequiredError(
+                f"{spec.name} overwrites {target} and needs an explicit confirmation; nothing was touched",
+                hint=f"repeat the command with --confirm {target}",
+            )
+
+
+@dataclass
+class JobContext:
+    """What a step sees: configuration, arguments, logger, cancellation, stores."""
+
+    config: Config
+    spec: JobSpec
+    run_id: str
+    args: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict)
+    scope: CancelScope = field(default_factory=CancelScope)
+    log: Any = None
+    store_factory: Callable[..., ObjectStore] = S3ObjectStore
+    clock: Callable[[], datetime] | None = None
+    figures_on_failure: dict | None = None
+    _stores: dict = field(default_factory=dict)
+
+    @property
+    def job(self) -> str:
+        return self.spec.name
+
+    def now(self) -> datetime:
+        """Now, in the service's time zone (backup ids and schedules use it)."""
+        if self.clock is not None:
+            return self.clock().astimezone(self.config.settings.timezone)
+        return datetime.now(self.config.settings.timezone)
+
+    def backups_store(self) -> ObjectStore:
+        return self._store("backups")
+
+    def media_store(self) -> ObjectStore:
+        return self._store("media")
+
+    def _store(self, which: str) -> ObjectStore:
+        if which not in self._stores:
+            self._stores[which] = self.store_factory(getattr(self.config, which))
+        return self._stores[which]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    outcome: str
+    seconds: float
+    figures: dict
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How one run ended. `outcome` is success, failure, skipped or aborted."""
+
+    job: str
+    run_id: str
+    outcome: str
+    seconds: float
+    steps: tuple[StepResult, ...] = ()
+    error: ServiceError | None = None
+    crashed: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome == "success":
+            return 0
+        if self.crashed:
+            return 70
+        return self.error.exit_code if self.error is not None else 1
+
+
+def _summary_figures(figures: dict) -> dict:
+    """Scalars only: a summary event must stay one readable line."""
+    return {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool))}
+
+
+LockGuard = Callable[[JobContext], contextlib.AbstractContextManager]
+
+
+def _no_lock(_ctx: JobContext) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def run_job(
+    config: Config,
+    name: str,
+    args: tuple[str, ...] = (),
+    *,
+    options: dict | None = None,
+    scope: CancelScope | None = None,
+    metrics=None,
+    trigger: str = "cli",
+    store_factory: Callable[..., ObjectStore] | None = None,
+    lock_guard: LockGuard | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> JobResult:
+    """Run one job through its steps; never raises. See the module docstring."""
+    run_id = uuid.uuid4().hex[:12]
+    options = dict(options or {})
+    started = time.monotonic()
+    steps: list[StepResult] = []
+    error: ServiceError | None = None
+    crashed = False
+    outcome = "failure"
+    with structlog.contextvars.bound_contextvars(job=name, run_id=run_id):
+        log = get_logger()
+        try:
+            spec = get_job(name)
+            validate_request(spec, tuple(args), options, config)
+        except ServiceError as exc:
+            log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)
+            return JobResult(name, run_id, "failure", 0.0, (), exc)
+        ctx = JobContext(config, spec, run_id, tuple(args), options, scope or CancelScope(), log,
+                         store_factory or S3ObjectStore, clock)
+        if metrics is not None:
+            metrics.job_started(name)
+        log.info("job.started", trigger=trigger, steps=list(spec.steps), args=list(args))
+        current = None
+        try:
+            with (lock_guard or _no_lock)(ctx):
+                for current in spec.steps:
+                    ctx.scope.check()
+                    t0 = time.monotonic()
+                    log.info("step.started", step=current)
+                    figures = STEPS[current](ctx) or {}
+                    steps.append(StepResult(current, "success", round(time.monotonic() - t0, 3), figures))
+                    log.info("step.finished", step=current, **_summary_figures(figures))
+                current = None
+            outcome = "success"
+        except LockBusyError as exc:
+            error, outcome = exc, ("skipped" if trigger == "scheduler" else "failure")
+        except JobAbortedError as exc:
+            error, outcome = exc, "aborted"
+        except ServiceError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes a run
+            crashed = True
+            error = ServiceError(f"internal error: {type(exc).__name__}: {exc}",
+                                 hint="this is a bug; the traceback is in the log")
+            log.exception("job.crashed", step=current)
+        if current is not None:
+            steps.append(StepResult(current, outcome if outcome != "success" else "failure", 0.0,
+                                    ctx.figures_on_failure or {}))
+        seconds = round(time.monotonic() - started, 3)
+        if metrics is not None:
+            metrics.job_finished(name, outcome, seconds, time.time())
+        summary = {
+            "outcome": outcome,
+            "duration_seconds": seconds,
+            "trigger": trigger,
+            "steps": [{"step": s.name, "outcome": s.outcome, "seconds": s.seconds,
+                       **_summary_figures(s.figures)} for s in steps],
+        }
+        if error is not None:
+            summary.update(error=error.message, detail=error.detail, hint=error.hint, failed_step=current)
+        event = {"success": "job.finished", "failure": "job.failed", "aborted": "job.aborted",
+                 "skipped": "job.skipped"}[outcome]
+        (log.info if outcome in ("success", "skipped") else log.error)(event, **summary)
+        return JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed)

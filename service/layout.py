@@ -1,0 +1,71 @@
+"""Every S3 key name and backup id format, in one module.
+
+Dumps live under `backups/<backup-id>/`: one `<schema>-<table>.dump` per table
+(the format users restore by hand), `schema.dump` with every other object of
+the database, and `manifest.json`, written last. Table keys always hold a '-',
+so `schema.dump` and `manifest.json` can never collide with a table's dump.
+Media objects live at the root of the backups bucket, outside `backups/`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+BACKUPS_PREFIX = "backups/"
+MANIFEST_NAME = "manifest.json"
+SCHEMA_NAME = "schema.dump"
+
+# job -> (id prefix, strftime pattern), as operators type them (REFERENCE section 3)
+ID_FORMATS = {
+    "scheduled": "scheduled-%m-%d-%H",
+    "daily": "daily-%m-%d",
+    "initial": "initial-%Y%m%d%H%M",
+    "deploy": "deploy-%Y%m%d%H%M",
+    "on-demand": "on-demand-%Y%m%d%H%M",
+    "pre-restore": "pre-restore-%Y%m%d%H%M",
+}
+_ID_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def build_backup_id(kind: str, when: datetime) -> str:
+    """The id of a backup of `kind` started at `when` (already in the service's time zone)."""
+    return when.strftime(ID_FORMATS[kind])
+
+
+def id_kind(backup_id: str) -> str | None:
+    """The kind of an id (`scheduled`, `daily`, ...), or None for an unknown form."""
+    for kind in sorted(ID_FORMATS, key=len, reverse=True):
+        if backup_id.startswith(kind + "-"):
+            return kind
+    return None
+
+
+def is_valid_backup_id(backup_id: str) -> bool:
+    """Ids become key prefixes: no slashes, no leading dot, nothing exotic."""
+    return bool(_ID_SAFE.match(backup_id)) and ".." not in backup_id
+
+
+def backup_prefix(backup_id: str) -> str:
+    return f"{BACKUPS_PREFIX}{backup_id}/"
+
+
+def table_key(backup_id: str, schema: str, table: str) -> str:
+    return f"{backup_prefix(backup_id)}{schema}-{table}.dump"
+
+
+def schema_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + SCHEMA_NAME
+
+
+def manifest_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + MANIFEST_NAME
+
+
+def is_dump_key(key: str) -> bool:
+    return key.endswith(".dump")
+
+
+def is_media_key(key: str) -> bool:
+    """Media keys are everything outside `backups/`, in either bucket."""
+    return not key.startswith(BACKUPS_PREFIX)

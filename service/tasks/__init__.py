@@ -1,0 +1,1 @@
+"""One operation per module; each is a step that jobs.py composes."""

@@ -1,0 +1,223 @@
+"""db_to_s3: every user table, from one snapshot, streamed into S3, then the manifest.
+
+1. One control transaction exports a snapshot; every pg_dump and every row
+   count imports it, so all tables of a backup show the same moment.
+2. Each table is one `pg_dump --format=custom` whose stdout streams into a
+   multipart upload (no local disk; a few parts of memory per table), several
+   tables at once, largest first.
+3. `schema.dump` keeps every other object (schemas, types, functions, views,
+   sequences and their values, constraints) so an empty database can be rebuilt.
+4. Only when every object is written does the manifest go up. On any failure
+   the run's uploads are aborted, what it wrote is removed, and no manifest is
+   written: a backup without a manifest is incomplete everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from service import catalog, layout
+from service.commands import CancelScope, RunningCommand, run_command
+from service.database import (
+    TableInfo,
+    connect,
+    count_rows,
+    export_snapshot,
+    import_snapshot,
+    list_user_tables,
+    server_version,
+)
+from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
+from service.pgtools import (
+    build_pg_dump_command,
+    build_pg_env,
+    build_program_path,
+    build_table_pattern,
+    parse_program_version,
+)
+from service.storage import ObjectStore, choose_part_size
+
+STALE_UPLOAD_AGE = timedelta(hours=6)
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """What one run will dump, fixed at the snapshot."""
+
+    backup_id: str
+    snapshot: str
+    tables: tuple[TableInfo, ...]
+
+
+def check_pg_dump_version(program: str, env: dict, server_major: int) -> str:
+    """pg_dump must be at least the server's major version; return its version text."""
+    out = run_command([program, "--version"], env, timeout=30).decode("utf-8", "replace")
+    major, version = parse_program_version(out)
+    if major < server_major:
+        raise BackupError(
+            f"pg_dump {version} is older than the server (PostgreSQL {server_major})",
+            hint=f"install postgresql-client-{server_major} (apt.yml) or point FAC_BACKUP_PG_BIN at it",
+        )
+    return version
+
+
+def sweep_stale_uploads(store: ObjectStore, log, older_than: timedelta = STALE_UPLOAD_AGE) -> int:
+    """Abort multipart uploads under backups/ left open by a killed run (they are billed)."""
+    cutoff = datetime.now(UTC) - older_than
+    swept = 0
+    for upload in store.list_open_uploads(layout.BACKUPS_PREFIX):
+        if upload.initiated is not None and upload.initiated > cutoff:
+            continue
+        store.abort_upload(upload.key, upload.upload_id)
+        swept += 1
+    if swept:
+        log.info("backup.swept_uploads", count=swept)
+    return swept
+
+
+def backup_database(ctx, kind: str) -> dict:
+    """Run db_to_s3 for a backup of `kind` (see layout.ID_FORMATS); return its figures."""
+    config, settings = ctx.config, ctx.config.settings
+    store = ctx.backups_store()
+    log = ctx.log
+    env = build_pg_env(config.fac_db, sslmode=settings.pg_sslmode)
+    pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
+    sweep_stale_uploads(store, log)
+    started = time.monotonic()
+    with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as control:
+        server_major, server_text = server_version(control)
+        dump_version = check_pg_dump_version(pg_dump, env, server_major)
+        snapshot = export_snapshot(control)
+        tables = tuple(list_user_tables(control))
+        if not tables:
+            raise BackupError(
+                f"{config.fac_db.name} has no user tables to back up",
+                hint="check that the binding points at the application database",
+            )
+        backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
+        plan = BackupPlan(backup_id, snapshot, tables)
+        started_at = catalog.now_iso(settings.timezone)
+        log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel)
+        entries, schema_entry = _dump_all(ctx, plan, store, env, pg_dump)
+        control.execute("COMMIT")
+    manifest = catalog.Manifest(
+        id=backup_id,
+        job=ctx.job,
+        started_at=started_at,
+        finished_at=catalog.now_iso(settings.timezone),
+        server_version=server_text,
+        pg_dump_version=dump_version,
+        database=config.fac_db.dbname,
+        tables=tuple(sorted(entries, key=lambda e: (e.schema, e.table))),
+        schema=schema_entry,
+        compression=settings.compression,
+    )
+    catalog.write_manifest(store, manifest)
+    figures = {
+        "backup_id": backup_id,
+        "tables": len(manifest.tables),
+        "bytes": manifest.total_bytes,
+        "rows": manifest.total_rows,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    log.info("backup.finished", **figures)
+    return figures
+
+
+def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str):
+    """Dump the schema and every table in parallel; on the first failure stop the rest."""
+    settings = ctx.config.settings
+    scope = CancelScope()
+    token = ctx.scope.add_cleanup(lambda: scope.cancel(ctx.scope.reason or "cancelled"))
+    written: list[str] = []
+    try:
+        with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="dump") as pool:
+            futures = {pool.submit(_dump_schema, ctx, plan, store, env, pg_dump, scope, written): None}
+            for table in sorted(plan.tables, key=lambda t: -t.total_bytes):
+                futures[pool.submit(_dump_table, ctx, plan, table, store, env, pg_dump, scope, written)] = table
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failure = next((f for f in done if f.exception() is not None), None)
+            if failure is not None:
+                table = futures[failure]
+                scope.cancel(f"{table.qualified if table else 'schema'} failed")
+            wait(futures)
+        ctx.scope.check()
+        errors = [(futures[f], f.exception()) for f in futures if f.exception() is not None]
+        if errors:
+            raise _first_cause(errors, plan)
+        results = [f.result() for f in futures]
+    except BaseException:
+        _remove_partial(ctx, store, plan, written)
+        raise
+    finally:
+        ctx.scope.remove_cleanup(token)
+    schema_entry = next(r for r in results if isinstance(r, dict))
+    return [r for r in results if isinstance(r, catalog.TableEntry)], schema_entry
+
+
+def _first_cause(errors, plan: BackupPlan) -> ServiceError:
+    """The error that started the failure, not the cancels it caused in sibling dumps."""
+    real = [(t, e) for t, e in errors if not isinstance(e, JobAbortedError)] or errors
+    table, exc = real[0]
+    what = f"table {table.qualified}" if table else "the schema dump"
+    if isinstance(exc, ServiceError):
+        return BackupError(
+            f"backup {plan.backup_id} failed at {what}: {exc.message}",
+            detail=exc.detail,
+            hint=exc.hint or "no manifest was written; fix the cause and run the backup again",
+        )
+    return BackupError(f"backup {plan.backup_id} failed at {what}: {type(exc).__name__}: {exc}")
+
+
+def _stream_dump(argv, env, key, part_size, store, scope, written) -> tuple[int, str]:
+    """Run one pg_dump into one object; the upload completes only if pg_dump exits 0."""
+    with RunningCommand(argv, env, scope=scope) as dump:
+        result = store.upload_stream(
+            key,
+            dump.stdout,
+            part_size=part_size,
+            cancelled=lambda: scope.cancelled,
+            before_complete=dump.check,
+        )
+    written.append(key)
+    return result.size, result.sha256
+
+
+def _dump_schema(ctx, plan, store, env, pg_dump, scope, written) -> dict:
+    scope.check()
+    excluded = tuple(f"--exclude-table-data={build_table_pattern(t.schema, t.name)}" for t in plan.tables)
+    argv = build_pg_dump_command(
+        pg_dump, snapshot=plan.snapshot, compression=ctx.config.settings.compression, extra=excluded
+    )
+    key = layout.schema_key(plan.backup_id)
+    size, sha = _stream_dump(argv, env, key, ctx.config.settings.min_part_size, store, scope, written)
+    ctx.log.info("backup.schema_dumped", key=key, bytes=size)
+    return {"key": key, "bytes": size, "sha256": sha}
+
+
+def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written) -> catalog.TableEntry:
+    scope.check()
+    settings = ctx.config.settings
+    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
+        import_snapshot(conn, plan.snapshot)
+        rows = count_rows(conn, table.schema, table.name)
+        scope.check()
+        argv = build_pg_dump_command(
+            pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=settings.compression
+        )
+        key = layout.table_key(plan.backup_id, table.schema, table.name)
+        part_size = choose_part_size(table.total_bytes, settings.min_part_size)
+        size, sha = _stream_dump(argv, env, key, part_size, store, scope, written)
+    ctx.log.info("backup.table_dumped", table=table.qualified, rows=rows, bytes=size)
+    return catalog.TableEntry(table.schema, table.name, key, size, sha, rows)
+
+
+def _remove_partial(ctx, store: ObjectStore, plan: BackupPlan, written: list[str]) -> None:
+    """Delete what a failed run wrote, so its prefix does not linger; it has no manifest anyway."""
+    try:
+        store.delete_objects(list(written))
+    except StorageError as exc:
+        ctx.log.warning("backup.cleanup_failed", backup_id=plan.backup_id, error=exc.message)
