@@ -1,0 +1,30 @@
+"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, media)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+PARTS = ("backup", "snapshot", "restore", "media")
+
+
+def main(argv: list[str]) -> int:
+    flags = [a for a in argv if a.startswith("-")]
+    chosen = [a for a in argv if not a.startswith("-")] or list(PARTS)
+    unknown = [p for p in chosen if p not in PARTS]
+    if unknown:
+        print(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    status = 0
+    for part in chosen:
+        try:
+            module = importlib.import_module(f"bench.{part}")
+        except ModuleNotFoundError as exc:
+            print(f"bench: part {part} is not available ({exc})", file=sys.stderr)
+            status = 1
+            continue
+        status |= module.main(flags)
+    return status
+
+
+raise SystemExit(main(sys.argv[1:]))

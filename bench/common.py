@@ -1,0 +1,136 @@
+"""What every benchmark shares: the FAC-like database, the S3 server, timing and reporting.
+
+The benchmark database (about 1 GB on disk: a few large tables and dozens of
+small ones) is built once per server and reused while its marker table says
+it has the requested scale; `--rebuild` forces a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg import sql
+
+from service.sample_data import load_sample_database
+from service.sandbox import LocalPostgres, LocalS3, build_vcap, write_vcap_file
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / ".work"
+BENCH_DB = "fac_bench"
+# ~1 GB on disk: dissemination_general 600k rows, 8 federal awards each, 40 lookup tables.
+DEFAULT_SCALE = {"general_rows": 600_000, "awards_per_audit": 8, "small_tables": 40}
+
+
+@dataclass
+class BenchEnv:
+    """A PostgreSQL server holding the benchmark database and a moto server."""
+
+    pg: LocalPostgres
+    s3: LocalS3
+    db: str = BENCH_DB
+    created: list = field(default_factory=list)
+
+    def vcap_env(self, *, db: str | None = None, snapshot_db: str, media: str, backups: str, **extra) -> dict:
+        """The environment a `python -m service` child needs to use these servers."""
+        WORK.mkdir(parents=True, exist_ok=True)
+        path = write_vcap_file(WORK, build_vcap(self.pg, self.s3, db=db or self.db, snapshot_db=snapshot_db,
+                                                media=media, backups=backups))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FAC_BACKUP_", "AWS_"))}
+        env.pop("VCAP_SERVICES", None)
+        env.update(FAC_BACKUP_VCAP_FILE=str(path), FAC_BACKUP_S3_FIPS="false", FAC_BACKUP_LOG_FORMAT="json")
+        env.update(extra)
+        return env
+
+    def aws_env(self) -> dict:
+        """Environment for the AWS CLI (the anchor) against the moto server."""
+        return dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                    AWS_DEFAULT_REGION="us-gov-west-1")
+
+    def aws(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "aws"), "--endpoint-url", self.s3.endpoint_url]
+
+    def new_database(self) -> str:
+        name = self.pg.create_database()
+        self.created.append(name)
+        return name
+
+    def close(self) -> None:
+        for name in self.created:
+            self.pg.drop_database(name)
+        self.s3.stop()
+        self.pg.stop()
+
+
+def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
+    """Start (or reuse) the servers and make sure the benchmark database is in place."""
+    url = os.environ.get("FAC_BACKUP_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    env = BenchEnv(LocalPostgres(url).start(), LocalS3().start())
+    scale = scale or DEFAULT_SCALE
+    marker = repr(sorted(scale.items()))
+    with env.pg.connect() as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone()
+    if exists and not rebuild:
+        with env.pg.connect(BENCH_DB) as conn:
+            row = conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()
+            found = row[0] and conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0]
+        if found == marker:
+            return env
+    print(f"bench: building {BENCH_DB} ({marker}) ...", file=sys.stderr)
+    env.pg.drop_database(BENCH_DB)
+    env.pg.create_database(BENCH_DB)
+    with env.pg.connect(BENCH_DB) as conn:
+        load_sample_database(conn, **scale)
+        conn.execute("CREATE TABLE public.bench_marker (scale text)")
+        conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))
+    return env
+
+
+def database_size(env: BenchEnv, db: str | None = None) -> int:
+    with env.pg.connect(db or env.db) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def run_child(argv: list[str], env: dict) -> tuple[float, int]:
+    """Run a child to completion; return (seconds, its peak RSS in bytes). Fails loudly."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed ({proc.returncode}): {stderr[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def children_peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def print_table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> None:
+    """A plain aligned table on stdout."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print(f"\n== {title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def ratio(ours: float, anchor: float) -> str:
+    return f"{ours / anchor:.2f}x" if anchor else "n/a"
+
+
+def mib(n: int) -> str:
+    return f"{n / 1024 / 1024:,.1f} MiB"
