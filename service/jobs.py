@@ -28,6 +28,7 @@ from service.errors import (
     ServiceError,
     UsageError,
 )
+from service.locking import default_lock_guard
 from service.log import get_logger
 from service.storage import ObjectStore, S3ObjectStore
 from service.tasks import backup, checks, snapshot, sync
@@ -202,9 +203,15 @@ def run_job(
     store_factory: Callable[..., ObjectStore] | None = None,
     lock_guard: LockGuard | None = None,
     clock: Callable[[], datetime] | None = None,
+    run_id: str | None = None,
 ) -> JobResult:
-    """Run one job through its steps; never raises. See the module docstring."""
-    run_id = uuid.uuid4().hex[:12]
+    """Run one job through its steps; never raises. See the module docstring.
+
+    Jobs whose spec takes the lock hold the service advisory lock (service.locking)
+    unless `lock_guard` says otherwise: a scheduler run tries once and ends
+    `skipped`, any other run waits up to settings.lock_wait_seconds.
+    """
+    run_id = run_id or uuid.uuid4().hex[:12]
     options = dict(options or {})
     started = time.monotonic()
     steps: list[StepResult] = []
@@ -226,7 +233,9 @@ def run_job(
         log.info("job.started", trigger=trigger, steps=list(spec.steps), args=list(args))
         current = None
         try:
-            with (lock_guard or _no_lock)(ctx):
+            if lock_guard is None:
+                lock_guard = default_lock_guard(trigger) if spec.takes_lock else _no_lock
+            with lock_guard(ctx):
                 for current in spec.steps:
                     ctx.scope.check()
                     t0 = time.monotonic()
