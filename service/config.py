@@ -35,6 +35,9 @@ class Settings:
     http_port: int = 8080
     scheduled_cron: str = "0 6-18/2 * * *"
     daily_cron: str = "0 20 * * *"
+    check_cron: str = "45 5 * * *"  # check_tables, before working hours; "off" disables a schedule
+    catch_up: bool = True
+    metrics_refresh_seconds: float = 60.0
     lock_wait_seconds: float = 3600.0
     snapshot_max_age_hours: float = 48.0
     min_part_size: int = 8 * 1024 * 1024
@@ -141,11 +144,21 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         http_port=http_port,
         scheduled_cron=r.text("SCHEDULED_CRON", "0 6-18/2 * * *"),
         daily_cron=r.text("DAILY_CRON", "0 20 * * *"),
+        check_cron=r.text("CHECK_CRON", "45 5 * * *"),
+        catch_up=r.choice("CATCH_UP", "true", ("true", "false")) == "true",
+        metrics_refresh_seconds=r.number("METRICS_REFRESH_SECONDS", 60.0, 1.0),
         lock_wait_seconds=r.number("LOCK_WAIT_SECONDS", 3600.0, 0.0),
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
     )
+
+
+def control_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The control socket's path alone: `ctl` needs nothing else of the configuration."""
+    environ = os.environ if environ is None else environ
+    value = (environ.get(PREFIX + "CONTROL_SOCKET") or "").strip()
+    return Path(value) if value else Settings.__dataclass_fields__["control_socket"].default
 
 
 def read_vcap_text(environ: Mapping[str, str], problems: list[str]) -> tuple[str, str] | None:

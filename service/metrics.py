@@ -1,16 +1,34 @@
 """Every Prometheus metric of the service, in one place.
 
 Names are a public contract (alert rules in deploy/prometheus-alerts.yml use
-them). Labels come only from bounded sets: job, step, outcome, reason; never a
-backup id. The registry is injectable so tests never share the global one.
+them). Labels come only from bounded sets: job, outcome, reason, and table
+(bounded by the table manifest); never a backup id. The registry is injectable
+so tests never share the global one.
+
+Last-success times and last-backup figures are rebuilt from the manifests in
+the backups bucket (`observe_backups`), so runs made by one-off tasks in other
+containers show up too; a gauge only ever moves forward in time.
 """
 
 from __future__ import annotations
 
+import platform
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("success", "failure", "skipped", "aborted")
+SKIP_REASONS = ("lock_busy", "already_running", "missed")
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800, 14400)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fac-backup")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class Metrics:
@@ -19,6 +37,7 @@ class Metrics:
     def __init__(self, job_names: tuple[str, ...], registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._last_success: dict[str, float] = {}
         self.job_runs = Counter(
             "fac_backup_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=r
         )
@@ -31,28 +50,136 @@ class Metrics:
         )
         self.job_last_success = Gauge(
             "fac_backup_job_last_success_timestamp_seconds",
-            "Unix time at which the job last finished successfully.",
+            "Unix time at which the job last finished successfully (0: never), from the bucket "
+            "and this process.",
             ["job"],
             registry=r,
         )
         self.job_running = Gauge(
             "fac_backup_job_running", "1 while the job runs in this process.", ["job"], registry=r
         )
+        self.job_next_run = Gauge(
+            "fac_backup_job_next_run_timestamp_seconds",
+            "Unix time of the job's next scheduled run (0: not scheduled or paused).",
+            ["job"],
+            registry=r,
+        )
+        self.job_skipped = Counter(
+            "fac_backup_job_skipped", "Runs that did not happen, by reason.", ["job", "reason"],
+            registry=r,
+        )
+        self.last_backup_bytes = Gauge(
+            "fac_backup_last_backup_size_bytes", "Bytes of the newest complete backup of the job.",
+            ["job"], registry=r,
+        )
+        self.last_backup_tables = Gauge(
+            "fac_backup_last_backup_tables", "Tables in the newest complete backup of the job.",
+            ["job"], registry=r,
+        )
+        self.table_rows = Gauge(
+            "fac_backup_table_rows", "Rows per table at the last check_tables of this process.",
+            ["table"], registry=r,
+        )
+        self.missing_tables = Gauge(
+            "fac_backup_check_missing_tables",
+            "Tables of the table manifest missing at the last check_tables of this process.",
+            registry=r,
+        )
+        self.media_copied = Gauge(
+            "fac_backup_media_sync_objects_copied",
+            "Objects copied by the last media sync of this process.", registry=r,
+        )
+        self.schedule_paused = Gauge(
+            "fac_backup_schedule_paused", "1 while the schedule is paused over the control socket.",
+            registry=r,
+        )
+        self.catalog_refreshed = Gauge(
+            "fac_backup_catalog_refresh_timestamp_seconds",
+            "Unix time of the last successful read of the backups bucket's manifests.", registry=r,
+        )
+        self.build_info = Gauge(
+            "fac_backup_build_info", "Always 1; the labels tell the build.", ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
         for job in job_names:
             for outcome in OUTCOMES:
                 self.job_runs.labels(job=job, outcome=outcome)
+            for reason in SKIP_REASONS:
+                self.job_skipped.labels(job=job, reason=reason)
             self.job_duration.labels(job=job)
             self.job_running.labels(job=job).set(0)
+            self.job_last_success.labels(job=job).set(0)
 
     def job_started(self, job: str) -> None:
         """A run of `job` began in this process."""
         self.job_running.labels(job=job).set(1)
 
-    def job_finished(self, job: str, outcome: str, duration_seconds: float, finished_at: float) -> None:
+    def job_finished(self, job: str, outcome: str, duration_seconds: float,
+                     finished_at: float) -> None:
         """A run of `job` ended with `outcome` (one of OUTCOMES)."""
         self.job_running.labels(job=job).set(0)
         self.job_runs.labels(job=job, outcome=outcome).inc()
         if outcome in ("success", "failure", "aborted"):
             self.job_duration.labels(job=job).observe(duration_seconds)
         if outcome == "success":
-            self.job_last_success.labels(job=job).set(finished_at)
+            self._advance(job, finished_at)
+
+    def run_skipped(self, job: str, reason: str, *, counted: bool) -> None:
+        """A run of `job` did not happen for `reason` (SKIP_REASONS).
+
+        `counted` says whether run_job already counted it as a `skipped` run.
+        """
+        self.job_skipped.labels(job=job, reason=reason).inc()
+        if not counted:
+            self.job_runs.labels(job=job, outcome="skipped").inc()
+
+    def observe_steps(self, steps) -> None:
+        """Figures of a finished run's steps (jobs.StepResult) that operators watch."""
+        for step in steps:
+            figures = step.figures or {}
+            if step.name == "check_tables" and "counts" in figures:
+                self.table_rows.clear()
+                for table, rows in figures["counts"].items():
+                    self.table_rows.labels(table=table).set(rows)
+                self.missing_tables.set(len(figures.get("missing", ())))
+            elif step.name == "media_sync" and step.outcome == "success":
+                self.media_copied.set(int(figures.get("copied", 0)))
+
+    def observe_backups(self, summaries, now: float) -> None:
+        """Rebuild last-success and last-backup figures from complete manifests in the bucket."""
+        newest: dict[str, tuple[float, object]] = {}
+        for summary in summaries:
+            manifest = getattr(summary, "manifest", None)
+            if not summary.complete or manifest is None or not manifest.job:
+                continue
+            finished = parse_timestamp(manifest.finished_at)
+            if finished is None:
+                continue
+            if manifest.job not in newest or finished > newest[manifest.job][0]:
+                newest[manifest.job] = (finished, manifest)
+        for job, (finished, manifest) in newest.items():
+            self._advance(job, finished)
+            self.last_backup_bytes.labels(job=job).set(manifest.total_bytes)
+            self.last_backup_tables.labels(job=job).set(len(manifest.tables))
+        self.catalog_refreshed.set(now)
+
+    def set_next_runs(self, next_runs: dict[str, datetime | None]) -> None:
+        """Next fire time per scheduled job; None (paused) exports 0."""
+        for job, when in next_runs.items():
+            self.job_next_run.labels(job=job).set(when.timestamp() if when else 0)
+
+    def _advance(self, job: str, value: float) -> None:
+        # A manifest read late must not move a newer in-process success backwards.
+        if value > self._last_success.get(job, 0.0):
+            self._last_success[job] = value
+            self.job_last_success.labels(job=job).set(value)
+
+
+def parse_timestamp(text: str) -> float | None:
+    """Unix time of an ISO 8601 string with offset, or None when unreadable."""
+    try:
+        when = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
