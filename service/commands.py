@@ -224,16 +224,35 @@ def run_command(
     """Run a program to completion; return its stdout or raise CommandError."""
     stdin = subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL
     with RunningCommand(argv, env, stdin=stdin, stdout=subprocess.PIPE, scope=scope) as command:
+        expired = threading.Event()
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: (expired.set(), command.terminate()))
+            timer.daemon = True
+            timer.start()
+        if input_bytes is not None:
+            threading.Thread(target=_feed, args=(command.stdin, input_bytes), daemon=True).start()
         try:
-            out, _ = command.process.communicate(input=input_bytes, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            command.terminate()
+            out = command.stdout.read()
+            command.process.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if expired.is_set():
             raise CommandError(
                 f"{command.name} did not finish within {timeout:.0f} s and was killed",
                 detail=command.stderr_tail(),
-            ) from None
+            )
         command.check()
         return out
+
+
+def _feed(stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.close()
+    except (BrokenPipeError, OSError):
+        pass  # the program exited early; its exit status tells why
 
 
 def run_pipeline(
