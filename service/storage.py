@@ -1,306 +1,72 @@
-"""The storage boundary: the ObjectStore contract, its S3 and in-memory implementations.
+"""The storage boundary: S3ObjectStore, the only module that imports boto3/botocore.
 
-This is the only module that imports boto3/botocore. Vendor errors are
-translated here (ClientError -> ObjectNotFoundError / StorageError), so nothing
-outside catches botocore. `upload_stream` is written once, on top of four
-multipart primitives, so the fake and S3 share the logic that matters: memory
-bounded to a few parts, a sha256 of what was written, and an aborted upload on
-any failure or cancel.
+Vendor errors are translated here (ClientError -> ObjectNotFoundError /
+StorageError), so nothing outside catches botocore. The contract itself
+(ObjectStore, upload_stream) lives in `service.objectstore` and the fake in
+`service.memory_store`; both are re-exported here, so callers import every
+storage name from this one module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import queue
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO
 
 import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.subscribers import BaseSubscriber
 
 from service.errors import JobAbortedError, ObjectNotFoundError, StorageError
+from service.memory_store import MemoryObjectStore
+from service.objectstore import (
+    MAX_COPY_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    ObjectInfo,
+    ObjectStore,
+    OpenUpload,
+    UploadResult,
+    choose_part_size,
+)
 from service.vcap import BucketBinding
 
-MAX_PARTS = 10_000
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+__all__ = [
+    "MAX_COPY_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MemoryObjectStore",
+    "ObjectInfo", "ObjectStore", "OpenUpload", "S3ObjectStore", "UploadResult", "build_s3_client",
+    "choose_part_size",
+]
+
+_DEFAULT_TYPE = "binary/octet-stream"
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One stored object as a listing shows it."""
-
-    key: str
-    size: int
-    etag: str = ""
-    last_modified: datetime | None = None
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """What `upload_stream` wrote: size and sha256 of the exact bytes."""
-
-    key: str
-    size: int
-    sha256: str
+def _attributes(content_type: str | None, metadata: Mapping[str, str] | None) -> dict:
+    """ContentType / Metadata request arguments, only those given."""
+    found: dict = {}
+    if content_type:
+        found["ContentType"] = content_type
+    if metadata:
+        found["Metadata"] = dict(metadata)
+    return found
 
 
-@dataclass(frozen=True)
-class OpenUpload:
-    """A multipart upload that was started and neither completed nor aborted."""
-
-    key: str
-    upload_id: str
-    initiated: datetime | None
+def _info(key: str, r: dict) -> ObjectInfo:
+    """An ObjectInfo from a HEAD or GET response."""
+    return ObjectInfo(key, int(r["ContentLength"]), r.get("ETag", "").strip('"'), r.get("LastModified"),
+                      r.get("ContentType", ""), dict(r.get("Metadata") or {}))
 
 
-def choose_part_size(expected_bytes: int, minimum: int = 8 * 1024 * 1024) -> int:
-    """A part size that fits `expected_bytes` twice over inside 10,000 parts.
+class _DoneSubscriber(BaseSubscriber):
+    """Sets an event when a managed transfer ends (success, failure or cancel)."""
 
-    A pipe's final size is unknown, so we take a generous estimate (twice the
-    table's size on disk) and round up to whole MiB.
-    """
-    mib = 1024 * 1024
-    needed = -(-2 * max(expected_bytes, 0) // (MAX_PARTS - 100))
-    size = max(minimum, MIN_PART_SIZE, needed)
-    size = -(-size // mib) * mib
-    return min(size, MAX_PART_SIZE)
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
 
-
-def _read_full(reader: BinaryIO, size: int) -> bytes:
-    """Read up to `size` bytes, looping over short reads; b'' only at end of stream."""
-    chunks = []
-    remaining = size
-    while remaining > 0:
-        chunk = reader.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-class ObjectStore(ABC):
-    """A bucket. Every method raises StorageError on failure; reads of a missing key
-    raise ObjectNotFoundError."""
-
-    bucket: str
-
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Write a whole object in one request."""
-
-    @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """Read a whole (small) object."""
-
-    @abstractmethod
-    def open_stream(self, key: str) -> BinaryIO:
-        """A file-like reader of the object's bytes, streamed (never staged on disk)."""
-
-    @abstractmethod
-    def head(self, key: str) -> ObjectInfo:
-        """Size and ETag of one object."""
-
-    @abstractmethod
-    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under `prefix`, in key order, fetched page by page."""
-
-    @abstractmethod
-    def list_prefixes(self, prefix: str) -> list[str]:
-        """The 'folders' directly under `prefix` (delimiter '/'), each ending in '/'."""
-
-    @abstractmethod
-    def delete_objects(self, keys: Iterable[str]) -> None:
-        """Delete the given keys; missing keys are not an error."""
-
-    @abstractmethod
-    def list_open_uploads(self, prefix: str = "") -> list[OpenUpload]:
-        """Multipart uploads under `prefix` that are still open."""
-
-    @abstractmethod
-    def abort_upload(self, key: str, upload_id: str) -> None:
-        """Abort one multipart upload; an unknown upload is not an error."""
-
-    @abstractmethod
-    def _begin_upload(self, key: str) -> str: ...
-
-    @abstractmethod
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict: ...
-
-    @abstractmethod
-    def _complete_upload(self, key: str, upload_id: str, parts: list[dict]) -> None: ...
-
-    def upload_stream(
-        self,
-        key: str,
-        reader: BinaryIO,
-        *,
-        part_size: int = 8 * 1024 * 1024,
-        cancelled: Callable[[], bool] | None = None,
-        before_complete: Callable[[], None] | None = None,
-    ) -> UploadResult:
-        """Stream `reader` into `key`; one PUT when it fits in a part, else multipart.
-
-        At most three parts are in memory: one being read, one queued, one being
-        sent. On any exception (including a cancel) the multipart upload is
-        aborted before the exception propagates, so no open upload is left.
-        `before_complete` runs after the end of the stream and before the object
-        becomes visible: it checks the producer's exit status, so a producer that
-        died halfway never leaves a truncated object.
-        """
-        digest = hashlib.sha256()
-        first = _read_full(reader, part_size)
-        if len(first) < part_size:
-            self._check_cancel(cancelled)
-            if before_complete:
-                before_complete()
-            self.put_bytes(key, first)
-            return UploadResult(key, len(first), hashlib.sha256(first).hexdigest())
-        upload_id = self._begin_upload(key)
-        chunks: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-        reader_thread = threading.Thread(
-            target=self._prefetch, args=(reader, part_size, chunks, stop), daemon=True
-        )
-        reader_thread.start()
-        total = 0
-        try:
-            parts = []
-            chunk: bytes | BaseException | None = first
-            number = 1
-            while chunk:
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                self._check_cancel(cancelled)
-                if number > MAX_PARTS:
-                    raise StorageError(
-                        f"{key} needs more than {MAX_PARTS} parts of {part_size} bytes",
-                        hint="raise FAC_BACKUP_MIN_PART_MIB so the largest table fits",
-                    )
-                digest.update(chunk)
-                total += len(chunk)
-                parts.append(self._upload_part(key, upload_id, number, chunk))
-                number += 1
-                chunk = chunks.get()
-            self._check_cancel(cancelled)
-            if before_complete:
-                before_complete()
-            self._complete_upload(key, upload_id, parts)
-        except BaseException:
-            stop.set()
-            self._abort_quietly(key, upload_id)
-            raise
-        finally:
-            stop.set()
-            reader_thread.join(timeout=1)
-        return UploadResult(key, total, digest.hexdigest())
-
-    @staticmethod
-    def _prefetch(reader: BinaryIO, size: int, chunks: queue.Queue, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                data = _read_full(reader, size)
-                while not stop.is_set():
-                    try:
-                        chunks.put(data, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if not data:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            chunks.put(exc)
-
-    @staticmethod
-    def _check_cancel(cancelled: Callable[[], bool] | None) -> None:
-        if cancelled is not None and cancelled():
-            raise JobAbortedError("the upload was cancelled")
-
-    def _abort_quietly(self, key: str, upload_id: str) -> None:
-        try:
-            self.abort_upload(key, upload_id)
-        except StorageError:
-            pass  # swept at the next start (see sweep in tasks.backup)
-
-
-class MemoryObjectStore(ObjectStore):
-    """The fake: a dict of key -> bytes, with the same contract as S3ObjectStore."""
-
-    def __init__(self, bucket: str = "memory") -> None:
-        self.bucket = bucket
-        self.objects: dict[str, bytes] = {}
-        self.uploads: dict[str, tuple[str, dict[int, bytes]]] = {}
-        self._lock = threading.Lock()
-        self._next = 0
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        with self._lock:
-            self.objects[key] = bytes(data)
-
-    def get_bytes(self, key: str) -> bytes:
-        with self._lock:
-            if key not in self.objects:
-                raise ObjectNotFoundError(f"{key} does not exist in bucket {self.bucket}")
-            return self.objects[key]
-
-    def open_stream(self, key: str) -> BinaryIO:
-        import io
-
-        return io.BytesIO(self.get_bytes(key))
-
-    def head(self, key: str) -> ObjectInfo:
-        data = self.get_bytes(key)
-        return ObjectInfo(key, len(data), hashlib.md5(data).hexdigest())  # noqa: S324 - an ETag
-
-    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        with self._lock:
-            items = sorted((k, v) for k, v in self.objects.items() if k.startswith(prefix))
-        for key, data in items:
-            yield ObjectInfo(key, len(data), hashlib.md5(data).hexdigest())  # noqa: S324
-
-    def list_prefixes(self, prefix: str) -> list[str]:
-        with self._lock:
-            keys = [k for k in self.objects if k.startswith(prefix)]
-        found = {prefix + k[len(prefix):].split("/", 1)[0] + "/" for k in keys if "/" in k[len(prefix):]}
-        return sorted(found)
-
-    def delete_objects(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self.objects.pop(key, None)
-
-    def list_open_uploads(self, prefix: str = "") -> list[OpenUpload]:
-        with self._lock:
-            return [OpenUpload(k, uid, None) for uid, (k, _) in self.uploads.items() if k.startswith(prefix)]
-
-    def abort_upload(self, key: str, upload_id: str) -> None:
-        with self._lock:
-            self.uploads.pop(upload_id, None)
-
-    def _begin_upload(self, key: str) -> str:
-        with self._lock:
-            self._next += 1
-            upload_id = f"upload-{self._next}"
-            self.uploads[upload_id] = (key, {})
-            return upload_id
-
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict:
-        with self._lock:
-            if upload_id not in self.uploads:
-                raise StorageError(f"upload {upload_id} of {key} does not exist")
-            self.uploads[upload_id][1][number] = bytes(data)
-        return {"PartNumber": number}
-
-    def _complete_upload(self, key: str, upload_id: str, parts: list[dict]) -> None:
-        with self._lock:
-            _, stored = self.uploads.pop(upload_id)
-            self.objects[key] = b"".join(stored[p["PartNumber"]] for p in parts)
+    def on_done(self, future, **kwargs) -> None:
+        self.event.set()
 
 
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload")
@@ -355,8 +121,12 @@ class S3ObjectStore(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, action, self.bucket, key) from exc
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._call("PUT", key, self.client.put_object, Key=key, Body=data)
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self._call("PUT", key, self.client.put_object, Key=key, Body=data,
+                   **_attributes(content_type, metadata))
 
     def get_bytes(self, key: str) -> bytes:
         body = self.open_stream(key)
@@ -370,14 +140,19 @@ class S3ObjectStore(ObjectStore):
     def open_stream(self, key: str) -> BinaryIO:
         return self._call("GET", key, self.client.get_object, Key=key)["Body"]
 
-    def head(self, key: str) -> ObjectInfo:
-        r = self._call("HEAD", key, self.client.head_object, Key=key)
-        return ObjectInfo(key, int(r["ContentLength"]), r.get("ETag", "").strip('"'), r.get("LastModified"))
+    def open_object(self, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        r = self._call("GET", key, self.client.get_object, Key=key)
+        return _info(key, r), r["Body"]
 
-    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def head(self, key: str) -> ObjectInfo:
+        return _info(key, self._call("HEAD", key, self.client.head_object, Key=key))
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         token = None
         while True:
             kwargs = {"Prefix": prefix, "MaxKeys": 1000}
+            if start_after:
+                kwargs["StartAfter"] = start_after
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
@@ -447,8 +222,70 @@ class S3ObjectStore(ObjectStore):
         except ObjectNotFoundError:
             pass
 
-    def _begin_upload(self, key: str) -> str:
-        return self._call("CREATE UPLOAD", key, self.client.create_multipart_upload, Key=key)["UploadId"]
+    def _begin_upload(self, key: str, **extra) -> str:
+        return self._call("CREATE UPLOAD", key, self.client.create_multipart_upload, Key=key,
+                          **_attributes(extra.get("content_type"), extra.get("metadata")))["UploadId"]
+
+    def copier_for(self, dest: ObjectStore) -> ObjectStore | None:
+        if not isinstance(dest, S3ObjectStore) or not self.binding.can_reach(dest.bucket):
+            return None
+        if (self.binding.endpoint_url or "") != (dest.binding.endpoint_url or ""):
+            return None  # another S3 service: no server-side copy between them
+        return S3ObjectStore(self.binding, client=self.client, bucket=dest.bucket)
+
+    def copy_from(
+        self,
+        source: ObjectStore,
+        key: str,
+        *,
+        size: int,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
+        part_size: int = 512 * 1024 * 1024,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> str:
+        copy_source = {"Bucket": source.bucket, "Key": key}
+        extra = {}
+        if metadata is not None:
+            extra = {"MetadataDirective": "REPLACE", **_attributes(content_type or _DEFAULT_TYPE, metadata)}
+        if size < multipart_threshold:
+            r = self._call("COPY", key, self.client.copy_object, Key=key, CopySource=copy_source, **extra)
+            return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
+        self._copy_multipart(copy_source, key, extra, multipart_threshold, part_size, cancelled)
+        return self.head(key).etag
+
+    def _copy_multipart(self, copy_source: dict, key: str, extra: dict, threshold: int, part_size: int,
+                        cancelled: Callable[[], bool] | None) -> None:
+        """s3transfer's managed copy (UploadPartCopy, parts in parallel), which aborts
+        its upload on failure; a cancel is polled here and cancels the transfer."""
+        # The managed copy does not carry the source's type and metadata into a
+        # multipart copy, so they are always given explicitly.
+        if "Metadata" not in extra:
+            info = self._call("HEAD", key, self.client.head_object, **{"Bucket": copy_source["Bucket"], "Key": key})
+            extra = _attributes(info.get("ContentType") or _DEFAULT_TYPE, info.get("Metadata") or {})
+        extra = {k: v for k, v in extra.items() if k != "MetadataDirective"}
+        config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(part_size, MIN_PART_SIZE),
+                                max_concurrency=4)
+        done = threading.Event()
+        manager = create_transfer_manager(self.client, config)
+        try:
+            future = manager.copy(copy_source, self.bucket, key, extra_args=extra,
+                                  subscribers=[_DoneSubscriber(done)])
+            while not done.wait(0.2):
+                if cancelled is not None and cancelled():
+                    future.cancel()
+                    break
+            try:
+                future.result()
+            except (ClientError, BotoCoreError) as exc:
+                raise _translate(exc, "COPY", self.bucket, key) from exc
+            except Exception as exc:
+                if cancelled is not None and cancelled():
+                    raise JobAbortedError("the copy was cancelled") from exc
+                raise
+        finally:
+            manager.shutdown()
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict:
         r = self._call(
