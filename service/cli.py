@@ -40,6 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run scheduled_backup on a throwaway PostgreSQL and local S3")
     demo.add_argument("--daemon", action="store_true", help="start the daemon on the sandbox instead")
     demo.add_argument("--rows", type=int, default=5000, help="rows of the main sample table")
+
+    sub.add_parser("daemon", help="the always-on service: schedule, metrics on $PORT, control socket")
+
+    ctl = sub.add_parser("ctl", help="talk to the running daemon over its control socket")
+    ctl.add_argument("--socket", metavar="PATH", help="the socket (default: FAC_BACKUP_CONTROL_SOCKET)")
+    ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
+    ctl_sub.add_parser("status", help="running jobs and the last outcome of each job")
+    ctl_sub.add_parser("jobs", help="next run time of each schedule")
+    trigger = ctl_sub.add_parser("trigger", help="start a job in the daemon now")
+    trigger.add_argument("job")
+    trigger.add_argument("args", nargs="*")
+    trigger.add_argument("--confirm", metavar="BINDING", help="as for run: the protected binding")
+    trigger.add_argument("--apply", action="store_true")
+    trigger.add_argument("--force", action="store_true")
+    ctl_sub.add_parser("pause", help="stop firing the schedules (a running job goes on)")
+    ctl_sub.add_parser("resume", help="fire the schedules again")
     return parser
 
 
@@ -119,3 +135,34 @@ def cmd_demo(ns) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "jobs": cmd_jobs, "demo": cmd_demo}
+
+
+def cmd_daemon(_ns) -> int:
+    from service.daemon import run_daemon
+
+    config = load_config()
+    register_secrets(config.secrets())
+    configure_logging(config.settings.log_format, sys.stdout)
+    return run_daemon(config)
+
+
+def cmd_ctl(ns) -> int:
+    from service.config import control_socket_path
+    from service.control import send_request
+
+    request: dict = {"command": ns.ctl_command}
+    if ns.ctl_command == "trigger":
+        request.update(job=ns.job, args=list(ns.args),
+                       options={"confirm": ns.confirm, "apply": ns.apply, "force": ns.force})
+    reply = send_request(ns.socket or control_socket_path(), request)
+    if not reply.get("ok"):
+        print_error(ServiceError(reply.get("error") or "the daemon refused the request",
+                                 detail=reply.get("detail") or "", hint=reply.get("hint") or ""))
+        return int(reply.get("exit_code") or 1)
+    reply.pop("ok")
+    print(json.dumps(reply, indent=2, default=str))
+    return 0
+
+
+COMMANDS["daemon"] = cmd_daemon
+COMMANDS["ctl"] = cmd_ctl

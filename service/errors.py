@@ -107,3 +107,7 @@ class SyncError(ServiceError):
 
 class CheckError(ServiceError):
     """A consistency check found a problem (a missing table, a count mismatch)."""
+
+
+class ControlError(ServiceError):
+    """The control socket could not be used (no daemon listening, a malformed request)."""

@@ -1,0 +1,242 @@
+"""`python -m service daemon`: the always-on process and its lifecycle.
+
+Start: read the schedules (a bad cron stops here, before anything runs), serve
+/metrics and /healthz on $PORT, open the control socket, start the scheduler,
+rebuild the metrics from the manifests in the backups bucket, and run a
+catch-up scheduled_backup when a slot was missed while the app was down.
+
+Run: the scheduler fires jobs through the Runner (jobs.run_job, the safe
+boundary); every `metrics_refresh_seconds` the bucket's manifests are read
+again, so runs made by `cf run-task` in other containers show in the gauges.
+
+Stop (SIGTERM from `cf stop` or a redeploy, SIGINT on a terminal): stop
+scheduling, cancel the running jobs (their pg_dump process groups are killed,
+uploads aborted, no manifest written), close the socket and the HTTP server
+and exit 0, inside cloud.gov's 10-second grace before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from service import catalog, jobs, layout
+from service.control import ControlServer
+from service.errors import BackupNotFoundError, IntegrityError, ServiceError
+from service.log import get_logger
+from service.metrics import Metrics
+from service.runner import Runner
+from service.scheduler import JobScheduler, needs_catch_up, parse_schedules
+from service.storage import S3ObjectStore
+
+STOP_WAIT_SECONDS = 7.0  # of cloud.gov's 10: leaves room to close sockets and flush logs
+TRIGGER_OPTIONS = ("confirm", "apply", "force")
+
+
+class CatalogWatcher:
+    """Reads the backups bucket's manifests into the metrics; manifests never change, so
+    each is read once and later refreshes only list the backup prefixes."""
+
+    def __init__(self, store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.known: dict[str, catalog.BackupSummary] = {}
+        self.log = get_logger(component="catalog")
+
+    def first_listing(self) -> list[catalog.BackupSummary]:
+        """Every backup (catalog.list_backups); seeds the cache and the gauges."""
+        summaries = catalog.list_backups(self.store)
+        self.known = {s.id: s for s in summaries if s.complete}
+        self.metrics.observe_backups(summaries, time.time())
+        return summaries
+
+    def refresh(self) -> None:
+        """Read manifests that appeared since the last look; never raises."""
+        try:
+            ids = [p[len(layout.BACKUPS_PREFIX):].rstrip("/")
+                   for p in self.store.list_prefixes(layout.BACKUPS_PREFIX)]
+            for backup_id in ids:
+                if backup_id in self.known:
+                    continue
+                try:
+                    m = catalog.read_manifest(self.store, backup_id)
+                except BackupNotFoundError:
+                    continue  # still being written, or a failed run being cleaned up
+                except IntegrityError:
+                    m = None
+                self.known[backup_id] = catalog.BackupSummary(
+                    backup_id, m is not None, m.job if m else "", m.started_at if m else "",
+                    m.finished_at if m else "", len(m.tables) if m else 0,
+                    m.total_bytes if m else 0, m)
+            self.known = {k: v for k, v in self.known.items() if k in set(ids)}
+            self.metrics.observe_backups(list(self.known.values()), time.time())
+        except ServiceError as exc:
+            self.log.warning("catalog.refresh_failed", error=exc.message, detail=exc.detail)
+        except Exception:  # noqa: BLE001 - housekeeping must never stop the daemon
+            self.log.exception("catalog.refresh_crashed")
+
+
+def newest_started(summaries, kind: str) -> datetime | None:
+    """Start time of the newest complete backup whose id is of `kind` (layout.id_kind)."""
+    times = [datetime.fromisoformat(s.started_at) for s in summaries
+             if s.complete and s.started_at and layout.id_kind(s.id) == kind]
+    return max(times, default=None)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_args) -> None:  # a scrape every 15 s is not news
+        pass
+
+
+class MetricsServer:
+    """/metrics (Prometheus text) and /healthz (200 while the scheduler runs) on one port."""
+
+    def __init__(self, port: int, registry: CollectorRegistry, healthy, host: str = "0.0.0.0"):
+        self.metrics_app = make_wsgi_app(registry)
+        self.healthy = healthy
+        try:
+            self.server = make_server(host, port, self.app, server_class=_ThreadingWSGIServer,
+                                      handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ServiceError(f"cannot serve metrics on port {port}: {exc.strerror}",
+                               hint="another process uses the port; set PORT to a free one") from exc
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    def app(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz":
+            ok = self.healthy()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n" if ok else b"scheduler not running\n"]
+        return self.metrics_app(environ, start_response)
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    log = get_logger(component="daemon")
+    settings = config.settings
+    triggers = parse_schedules(settings)  # ConfigError before anything is started
+    metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry(auto_describe=True))
+    runner = Runner(config, metrics, store_factory=store_factory)
+    stop = threading.Event()
+    reason: list[str] = []
+
+    def fire(job: str) -> None:
+        metrics.set_next_runs(scheduler.next_runs())
+        runner.run(job, trigger="scheduler")
+
+    scheduler = JobScheduler(settings.timezone, fire, runner.record_skip)
+    for job, trigger in triggers.items():
+        scheduler.add_cron(job, trigger)
+    watcher = CatalogWatcher(store_factory(config.backups), metrics)
+
+    def on_signal(signum, _frame) -> None:
+        reason.append(f"received {signal.Signals(signum).name}")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    http = MetricsServer(settings.http_port, metrics.registry,
+                         lambda: scheduler.running and not stop.is_set()).start()
+    try:
+        control = ControlServer(settings.control_socket,
+                                build_control_handler(runner, scheduler, metrics)).start()
+    except ServiceError:
+        http.close()
+        raise
+    try:
+        scheduler.start()
+        catch_up(config, scheduler, watcher, triggers, log)
+
+        def tick() -> None:
+            watcher.refresh()
+            metrics.set_next_runs(scheduler.next_runs())
+
+        scheduler.add_interval("refresh-metrics", settings.metrics_refresh_seconds, tick)
+        metrics.set_next_runs(scheduler.next_runs())
+        log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
+                 timezone=str(settings.timezone),
+                 schedules={job: str(t) for job, t in triggers.items()})
+        stop.wait()
+    finally:
+        why = reason[0] if reason else "stopping"
+        log.info("daemon.stopping", reason=why)
+        scheduler.shutdown()
+        cancelled = runner.cancel_all(why)
+        control.close()
+        idle = runner.wait_idle(STOP_WAIT_SECONDS)
+        http.close()
+        log.info("daemon.stopped", cancelled=cancelled, clean=idle)
+    if not idle:
+        # A run ignored its cancel; cloud.gov would SIGKILL us anyway: leave now, cleanly logged.
+        sys.stdout.flush()
+        os._exit(0)
+    return 0
+
+
+def catch_up(config, scheduler: JobScheduler, watcher: CatalogWatcher, triggers, log) -> None:
+    """Rebuild the gauges from the bucket; queue a scheduled_backup if a slot was missed."""
+    try:
+        summaries = watcher.first_listing()
+    except ServiceError as exc:
+        log.warning("catalog.listing_failed", error=exc.message, detail=exc.detail,
+                    hint="metrics from the bucket come at the next refresh; no catch-up was decided")
+        return
+    trigger = triggers.get("scheduled_backup")
+    if not config.settings.catch_up or trigger is None:
+        return
+    newest = newest_started(summaries, "scheduled")
+    now = datetime.now(config.settings.timezone)
+    if needs_catch_up(trigger, newest, now):
+        log.info("daemon.catch_up", job="scheduled_backup",
+                 newest=newest.isoformat() if newest else None)
+        scheduler.run_now("scheduled_backup", "catch-up")
+
+
+def build_control_handler(runner: Runner, scheduler: JobScheduler, metrics: Metrics):
+    """The daemon's answers to control-socket requests (see service.control)."""
+    log = get_logger(component="control")
+    state = {"paused": False}
+
+    def handle(request: dict) -> dict:
+        command = request["command"]
+        if command == "status":
+            return {"scheduler_running": scheduler.running,
+                    "paused": state["paused"], **runner.status()}
+        if command == "jobs":
+            return {"next_runs": {job: when.isoformat() if when else None
+                                  for job, when in scheduler.next_runs().items()},
+                    "jobs": sorted(jobs.JOBS)}
+        if command == "trigger":
+            options = {k: v for k, v in request["options"].items() if k in TRIGGER_OPTIONS}
+            run_id = runner.submit(request["job"], tuple(request["args"]), options)
+            log.info("control.triggered", job=request["job"], run_id=run_id)
+            return {"accepted": True, "job": request["job"], "run_id": run_id}
+        paused = state["paused"] = command == "pause"
+        scheduler.pause() if paused else scheduler.resume()
+        metrics.schedule_paused.set(1 if paused else 0)
+        metrics.set_next_runs(scheduler.next_runs())
+        log.info("control.paused" if paused else "control.resumed")
+        return {"paused": paused}
+
+    return handle

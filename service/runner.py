@@ -1,0 +1,140 @@
+"""The daemon's runs: every run through jobs.run_job, one CancelScope each, outcomes remembered.
+
+Scheduler fires call `run` on an APScheduler worker thread; socket triggers
+call `submit`, which checks the request (a restore still needs its
+confirmation) and runs it on its own thread, answering at once. On stop,
+`cancel_all` cancels every scope (killing pg_dump process groups and aborting
+uploads) and `wait_idle` waits for the runs to record themselves as aborted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from service import jobs
+from service.commands import CancelScope
+from service.errors import LockBusyError, ServiceError
+from service.log import get_logger
+
+
+@dataclass
+class ActiveRun:
+    """A run in progress in this process."""
+
+    run_id: str
+    job: str
+    trigger: str
+    started_at: float
+    scope: CancelScope = field(default_factory=CancelScope)
+
+
+class Runner:
+    """Runs jobs for the daemon and remembers how each ended."""
+
+    def __init__(self, config, metrics, **run_job_kwargs) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._kwargs = run_job_kwargs  # e.g. store_factory, for tests
+        self._lock = threading.Lock()
+        self._active: dict[str, ActiveRun] = {}
+        self._last: dict[str, dict] = {}
+        self._closing = ""
+        self.log = get_logger(component="runner")
+
+    def run(self, job: str, args: tuple[str, ...] = (), options: dict | None = None,
+            trigger: str = "scheduler") -> jobs.JobResult | None:
+        """Run `job` now on this thread; never raises (run_job is the boundary).
+
+        Returns None when the daemon is stopping and the run was not started.
+        """
+        try:
+            active = self._begin(job, trigger)
+        except ServiceError as exc:
+            self.log.warning("job.not_started", job=job, error=exc.message)
+            return None
+        return self._execute(active, args, options or {})
+
+    def submit(self, job: str, args: tuple[str, ...] = (), options: dict | None = None,
+               trigger: str = "socket") -> str:
+        """Check the request, start the run in the background and return its run id.
+
+        Raises the refusal (unknown job, bad arguments, missing confirmation,
+        already running, stopping) before anything starts.
+        """
+        options = dict(options or {})
+        spec = jobs.get_job(job)
+        jobs.validate_request(spec, tuple(args), options, self.config)
+        with self._lock:
+            running = next((r for r in self._active.values() if r.job == job), None)
+            if running is not None:
+                raise ServiceError(f"{job} is already running (run {running.run_id})",
+                                   hint="wait for it to finish: python -m service ctl status")
+        active = self._begin(job, trigger)
+        thread = threading.Thread(target=self._execute, args=(active, tuple(args), options),
+                                  name=f"run-{job}", daemon=True)
+        thread.start()
+        return active.run_id
+
+    def _begin(self, job: str, trigger: str) -> ActiveRun:
+        active = ActiveRun(uuid.uuid4().hex[:12], job, trigger, time.time())
+        with self._lock:
+            if self._closing:
+                raise ServiceError(f"the daemon is stopping; {job} was not started",
+                                   detail=self._closing)
+            self._active[active.run_id] = active
+        return active
+
+    def _execute(self, active: ActiveRun, args: tuple[str, ...], options: dict) -> jobs.JobResult:
+        try:
+            result = jobs.run_job(self.config, active.job, args, options=options, scope=active.scope,
+                                  metrics=self.metrics, trigger=active.trigger,
+                                  run_id=active.run_id, **self._kwargs)
+            if result.outcome == "skipped" and isinstance(result.error, LockBusyError):
+                self.metrics.run_skipped(active.job, "lock_busy", counted=True)
+            self.metrics.observe_steps(result.steps)
+            with self._lock:
+                self._last[active.job] = {
+                    "run_id": result.run_id, "outcome": result.outcome, "trigger": active.trigger,
+                    "finished_at": time.time(), "seconds": result.seconds,
+                    "error": result.error.message if result.error else None,
+                }
+            return result
+        finally:
+            with self._lock:
+                self._active.pop(active.run_id, None)
+
+    def record_skip(self, job: str, reason: str) -> None:
+        """A scheduler fire that never became a run (still running, missed)."""
+        self.log.warning("job.skipped", job=job, reason=reason, trigger="scheduler")
+        self.metrics.run_skipped(job, reason, counted=False)
+
+    def status(self) -> dict:
+        """Running jobs and the last outcome of each job, for `ctl status`."""
+        with self._lock:
+            running = [{"job": r.job, "run_id": r.run_id, "trigger": r.trigger,
+                        "started_at": r.started_at} for r in self._active.values()]
+            return {"running": running, "last": dict(self._last)}
+
+    def cancel_all(self, reason: str) -> int:
+        """Refuse new runs and cancel every running one; return how many were cancelled."""
+        with self._lock:
+            self._closing = reason
+            active = list(self._active.values())
+        for run in active:
+            self.log.warning("job.cancelling", job=run.job, run_id=run.run_id, reason=reason)
+            run.scope.cancel(reason)
+        return len(active)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is active; False if some still run after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._active:
+                    return True
+            time.sleep(0.05)
+        with self._lock:
+            return not self._active
