@@ -74,8 +74,21 @@ class _RequestHandler(socketserver.StreamRequestHandler):
                 self.wfile.write(json.dumps(reply, default=str).encode("utf-8") + b"\n")
             except OSError:
                 return
-            if len(line) > MAX_LINE_BYTES:
-                return  # the rest of an overlong line is not a request: hang up
+            if len(line) > MAX_LINE_BYTES and not self._skip_rest_of_line():
+                return
+
+
+    def _skip_rest_of_line(self) -> bool:
+        """Discard the rest of an overlong line, a bounded piece at a time; False at EOF."""
+        while True:
+            try:
+                chunk = self.rfile.readline(MAX_LINE_BYTES)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            if chunk.endswith(b"\n"):
+                return True
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -109,7 +122,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                             hint="this is a bug; the traceback is in the log"))
 
     def start(self) -> ControlServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name="control",
+                                        daemon=True)
         self._thread.start()
         self.log.info("control.listening", path=str(self.path))
         return self

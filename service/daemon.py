@@ -112,7 +112,8 @@ class MetricsServer:
         except OSError as exc:
             raise ServiceError(f"cannot serve metrics on port {port}: {exc.strerror}",
                                hint="another process uses the port; set PORT to a free one") from exc
-        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="http",
+                                       daemon=True)
 
     def app(self, environ, start_response):
         if environ.get("PATH_INFO") == "/healthz":
