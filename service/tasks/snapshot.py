@@ -1,10 +1,260 @@
-"""db_to_db: fac-db -> fac-snapshot-db, all or nothing."""
+"""db_to_db: fac-db -> fac-snapshot-db, all or nothing.
+
+1. The source exports a snapshot; the definitions (pg_dump pre-data and
+   post-data), the rows, the row counts and the sequence values all come from
+   it, so every table shows the same moment.
+2. The whole replacement is ONE transaction on the target: drop every user
+   schema (public too, then recreated), create the source's definitions, load
+   each table through a binary COPY byte pump (service.copier), build indexes
+   and constraints, set sequences, refresh materialized views, and compare
+   every table's loaded rows with the count taken in the source snapshot.
+3. It commits only when every producer exited 0, every stream was whole and
+   every count matched. Anything else (a lost connection, a dying producer, a
+   cancel, a bad row) rolls back: readers of the target never see a
+   half-loaded table, and the target stays exactly as it was.
+
+Because the target is rebuilt from the source's definitions each time, a
+column added at the source appears and a table dropped there disappears,
+with no mode flag. Nothing here needs superuser rights.
+"""
 
 from __future__ import annotations
 
-from service.errors import CopyError
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from service import copier
+from service.commands import RunningCommand, run_command
+from service.database import connect, export_snapshot, server_version, translated_errors
+from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
+from service.log import scrub
+from service.pgtools import build_pg_dump_command, build_pg_env, build_program_path
+from service.tasks.backup import check_pg_dump_version
+from service.vcap import DatabaseBinding
+
+APPLICATION_NAME = "fac-backup-db_to_db"
+INDEX_BUILD_MEMORY = "512MB"  # per index build, inside the copy's transaction only
+DDL_OPTIONS = ("--schema-only", "--no-publications", "--no-subscriptions")
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What one copy moves, fixed at the source snapshot."""
+
+    snapshot: str
+    tables: tuple[copier.TableCopy, ...]
+    sequences: tuple[tuple[str, str, int, bool], ...]
+    matviews: tuple[tuple[str, str], ...]
+    pre_data: str
+    post_data: str
 
 
 def copy_database(ctx) -> dict:
-    """Not available yet: fails clearly rather than pretending to copy."""
-    raise CopyError("db_to_db is not available in this build", hint="use db_to_s3 meanwhile")
+    """The db_to_db step: copy fac-db into fac-snapshot-db (see copy_database_between)."""
+    return copy_database_between(ctx, ctx.config.fac_db, ctx.config.snapshot_db)
+
+
+def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding, *,
+                          allow_live_target: bool = False) -> dict:
+    """Replace everything in `target`'s user schemas with `source`'s, in one transaction.
+
+    Refuses (SafetyError, before touching anything) a target that is fac-db
+    unless `allow_live_target=True`; a restore of fac-db from the snapshot,
+    after an operator's confirmation, is the one caller that passes it. A
+    target equal to the source is always refused. Returns the figures
+    (tables, rows, bytes, sequences, seconds); raises CopyError or
+    JobAbortedError with the target left exactly as it was.
+    """
+    _refuse_unsafe_target(ctx, source, target, allow_live_target)
+    settings, log = ctx.config.settings, ctx.log
+    env = build_pg_env(source, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
+    env["PGCLIENTENCODING"] = "UTF8"  # text in binary COPY travels in the client encoding
+    started = time.monotonic()
+    log.info("db_to_db.started", source=source.name, target=target.name)
+    with connect(source, sslmode=settings.pg_sslmode, autocommit=True) as control:
+        pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
+        check_pg_dump_version(pg_dump, env, server_version(control)[0])
+        plan = _read_plan(ctx, control, env, pg_dump)
+        # The exporting transaction counts the rows while the target loads them.
+        counter = _Counter(control, plan.tables)
+        try:
+            figures = _replace_target(ctx, target, plan, env, counter)
+        finally:
+            counter.stop()
+        with translated_errors("ending the source snapshot"):
+            control.execute("COMMIT")
+    figures["seconds"] = round(time.monotonic() - started, 3)
+    log.info("db_to_db.finished", source=source.name, target=target.name, **figures)
+    return figures
+
+
+def _refuse_unsafe_target(ctx, source, target, allow_live_target: bool) -> None:
+    if target.same_database_as(source):
+        raise SafetyError(
+            f"refusing to copy {source.name} onto itself ({target.host}:{target.port}/{target.dbname})",
+            hint="the source and the target of a copy must be different databases")
+    if target.same_database_as(ctx.config.fac_db) and not allow_live_target:
+        raise SafetyError(
+            f"refusing to overwrite {ctx.config.fac_db.name}, the live database, with a copy; "
+            "nothing was touched",
+            detail=f"target {target.name} is {target.host}:{target.port}/{target.dbname}",
+            hint="only a confirmed restore may write into the live database")
+
+
+def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str) -> SourcePlan:
+    """Export the snapshot and read everything the copy needs from it, DDL included."""
+    snapshot = export_snapshot(control)
+    with translated_errors(f"reading the structure of {ctx.config.fac_db.name}"):
+        tables = copier.read_tables(control)
+        sequences = copier.read_sequence_values(control)
+        matviews = copier.read_populated_matviews(control)
+    ddl = {}
+    for section in ("pre-data", "post-data"):
+        argv = build_pg_dump_command(pg_dump, snapshot=snapshot, fmt="plain",
+                                     extra=(*DDL_OPTIONS, f"--section={section}"))
+        ddl[section] = copier.clean_ddl(run_command(argv, env, scope=ctx.scope).decode("utf-8"))
+    return SourcePlan(snapshot, tuple(tables), tuple(sequences), tuple(matviews),
+                      ddl["pre-data"], ddl["post-data"])
+
+
+class _Counter:
+    """Counts every table's rows in the source snapshot on a background thread."""
+
+    def __init__(self, control: psycopg.Connection, tables) -> None:
+        self.control, self.tables = control, tables
+        self.counts: dict[tuple[str, str], int] = {}
+        self.error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="db_to_db-count", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for t in self.tables:
+                if self._stopped.is_set():
+                    return
+                query = sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(t.schema, t.name))
+                self.counts[(t.schema, t.name)] = int(self.control.execute(query).fetchone()[0])
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread by result()
+            self.error = exc
+
+    def result(self) -> dict[tuple[str, str], int]:
+        self._thread.join()
+        if self.error is not None:
+            raise CopyError("counting the source rows failed", detail=scrub(str(self.error).strip()))
+        return self.counts
+
+    def stop(self) -> None:
+        """Stop early (after a failure) and wait, so the control connection is free again."""
+        if self._thread.is_alive():
+            self._stopped.set()
+            self.control.cancel_safe()
+            self._thread.join()
+
+
+def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, counter: _Counter) -> dict:
+    """The one transaction on the target; commits only when everything checked out."""
+    settings = ctx.config.settings
+    psql = build_program_path(settings.pg_bin_dir, "psql")
+    conn = connect(target, sslmode=settings.pg_sslmode, autocommit=False)
+    # A cancel interrupts whatever the target is doing; the rollback below undoes it.
+    token = ctx.scope.add_cleanup(conn.cancel_safe)
+    loaded: dict[tuple[str, str], int] = {}
+    total_bytes = 0
+    try:
+        with _stage(ctx, target, "clearing the user schemas"):
+            conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
+            dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
+            if dropped:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                    sql.SQL(", ").join(map(sql.Identifier, dropped))))
+            conn.execute("CREATE SCHEMA public; GRANT USAGE ON SCHEMA public TO PUBLIC")
+        with _stage(ctx, target, "creating the definitions"):
+            conn.execute(plan.pre_data)
+        for table in plan.tables:
+            ctx.scope.check()
+            with _stage(ctx, target, f"loading {table.qualified}"):
+                rows, nbytes = _load_table(ctx, conn, psql, env, plan.snapshot, table)
+            loaded[(table.schema, table.name)] = rows
+            total_bytes += nbytes
+            ctx.log.info("db_to_db.table_copied", table=table.qualified, rows=rows, bytes=nbytes)
+        with _stage(ctx, target, "building indexes and constraints"):
+            conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY)))
+            conn.execute(plan.post_data)
+        with _stage(ctx, target, "setting sequences and materialized views"):
+            _finish_objects(conn, plan)
+        _verify_counts(counter.result(), loaded)
+        ctx.scope.check()
+        with _stage(ctx, target, "committing"):
+            conn.commit()
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        raise
+    finally:
+        ctx.scope.remove_cleanup(token)
+        conn.close()
+    return {"tables": len(loaded), "rows": sum(loaded.values()), "bytes": total_bytes,
+            "sequences": len(plan.sequences), "schemas_replaced": len(dropped)}
+
+
+def _load_table(ctx, conn, psql: str, env: dict, snapshot: str, table: copier.TableCopy) -> tuple[int, int]:
+    """Stream one table from a source psql into COPY FROM STDIN; (rows loaded, bytes)."""
+    argv = copier.build_copy_out_command(psql, snapshot, table)
+    with RunningCommand(argv, env, scope=ctx.scope) as producer, conn.cursor() as cur:
+        with cur.copy(table.copy_statement("FROM STDIN")) as copy:
+            nbytes = copier.pump(producer.stdout, copy, table.qualified, producer_check=producer.check)
+        return cur.rowcount, nbytes
+
+
+def _finish_objects(conn: psycopg.Connection, plan: SourcePlan) -> None:
+    """Sequence values and matview contents: a schema-only dump carries neither."""
+    for schema, name, value, is_called in plan.sequences:
+        regclass = sql.Literal(sql.Identifier(schema, name).as_string(conn))
+        conn.execute(sql.SQL("SELECT pg_catalog.setval({}::regclass, {}, {})").format(
+            regclass, sql.Literal(value), sql.Literal(is_called)))
+    for schema, name in plan.matviews:
+        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name)))
+
+
+def _verify_counts(source: dict, loaded: dict) -> None:
+    """Every table's loaded rows must equal the count in the source snapshot."""
+    wrong = [f"{s}.{t}: source {source.get((s, t))}, loaded {n}"
+             for (s, t), n in sorted(loaded.items()) if source.get((s, t)) != n]
+    if wrong or set(source) != set(loaded):
+        raise CopyError("row counts of the copy do not match the source; nothing was committed",
+                        detail="; ".join(wrong[:10]) or "the table lists differ",
+                        hint="run the copy again; if it repeats, compare the two databases by hand")
+
+
+@contextlib.contextmanager
+def _stage(ctx, target: DatabaseBinding, what: str):
+    """Name the stage in any failure and say the target was left as it was."""
+    try:
+        yield
+    except (JobAbortedError, SafetyError):
+        raise
+    except psycopg.Error as exc:
+        ctx.scope.check()  # a cancel shows up as a cancelled statement: report the cancel
+        lost = isinstance(exc, psycopg.OperationalError) or _session_ended(exc)
+        raise CopyError(
+            f"db_to_db failed while {what} in {target.name}; the target was left as it was",
+            detail=scrub(str(exc).strip()),
+            hint=("the connection to the target was lost; check the database and run the copy again"
+                  if lost else "fix the cause and run the copy again"),
+        ) from exc
+    except ServiceError as exc:
+        ctx.scope.check()
+        raise CopyError(
+            f"db_to_db failed while {what}: {exc.message}; the target was left as it was",
+            detail=exc.detail, hint=exc.hint or "fix the cause and run the copy again") from exc
+
+
+def _session_ended(exc: psycopg.Error) -> bool:
+    """True when the error means the server ended the session (terminated, shut down)."""
+    return isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.ConnectionFailure))
