@@ -139,7 +139,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     triggers = parse_schedules(settings)  # ConfigError before anything is started
     metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry(auto_describe=True))
     runner = Runner(config, metrics, store_factory=store_factory)
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
     reason: list[str] = []
 
     def fire(job: str) -> None:
@@ -158,7 +158,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     http = MetricsServer(settings.http_port, metrics.registry,
-                         lambda: scheduler.running and not stop.is_set()).start()
+                         lambda: ready.is_set() and scheduler.running and not stop.is_set()).start()
     try:
         control = ControlServer(settings.control_socket,
                                 build_control_handler(runner, scheduler, metrics)).start()
@@ -175,6 +175,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
 
         scheduler.add_interval("refresh-metrics", settings.metrics_refresh_seconds, tick)
         metrics.set_next_runs(scheduler.next_runs())
+        ready.set()  # /healthz says 200 from here: scheduled, gauges rebuilt, socket open
         log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
                  timezone=str(settings.timezone),
                  schedules={job: str(t) for job, t in triggers.items()})
