@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.errors import ConfigError
+from service.retention import KEEP_LAST_FLOOR, MIN_DAYS_FLOOR, RetentionPolicy
 from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, database_binding, parse_vcap
 
 PREFIX = "FAC_BACKUP_"
@@ -42,6 +43,9 @@ class Settings:
     snapshot_max_age_hours: float = 48.0
     min_part_size: int = 8 * 1024 * 1024
     log_format: str = "auto"
+    retention: RetentionPolicy = RetentionPolicy()
+    verify_cron: str = "0 3 * * 0"  # the weekly restore drill (verify_backup)
+    prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,14 @@ class Config:
     media: BucketBinding
     backups: BucketBinding
     settings: Settings
+    restore_test_db: DatabaseBinding | None = None  # scratch database of the restore drill
+    webhook_url: str | None = field(default=None, repr=False)  # a Slack webhook URL is a credential
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for the log redactor."""
-        values = [self.fac_db.password, self.snapshot_db.password]
+        values = [self.fac_db.password, self.snapshot_db.password, self.webhook_url]
+        if self.restore_test_db is not None:
+            values.append(self.restore_test_db.password)
         for b in (self.media, self.backups):
             values += [b.secret_access_key, b.access_key_id]
         return tuple(v for v in values if v)
@@ -151,6 +159,33 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
+        retention=read_retention(r),
+        verify_cron=r.text("VERIFY_CRON", "0 3 * * 0"),
+        prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",
+    )
+
+
+def read_retention(r: _Reader) -> RetentionPolicy:
+    """FAC_BACKUP_RETENTION_*; the floors are those of the team's existing clean-up command."""
+    min_days = r.integer("RETENTION_MIN_DAYS", 14, 0, 36500)
+    if min_days < MIN_DAYS_FLOOR:
+        r.problems.append(f"{PREFIX}RETENTION_MIN_DAYS={min_days}: backups younger than "
+                          f"{MIN_DAYS_FLOOR} days must never be pruned")
+    keep_last = r.integer("RETENTION_KEEP_LAST", 3, 0, 10000)
+    if keep_last < KEEP_LAST_FLOOR:
+        r.problems.append(f"{PREFIX}RETENTION_KEEP_LAST={keep_last} must be at least {KEEP_LAST_FLOOR}")
+    milestone_days = r.integer("RETENTION_MILESTONE_MIN_DAYS", max(365, min_days), 0, 36500)
+    if milestone_days < min_days:
+        r.problems.append(f"{PREFIX}RETENTION_MILESTONE_MIN_DAYS={milestone_days} must be at least "
+                          f"{PREFIX}RETENTION_MIN_DAYS ({min_days}): initial and pre-restore backups live longer")
+    return RetentionPolicy(
+        min_days=min_days,
+        keep_last=keep_last,
+        keep_daily_days=r.integer("RETENTION_KEEP_DAILY_DAYS", 0, 0, 36500),
+        keep_weekly_weeks=r.integer("RETENTION_KEEP_WEEKLY_WEEKS", 0, 0, 5200),
+        milestone_min_days=milestone_days,
+        milestone_keep_last=r.integer("RETENTION_MILESTONE_KEEP_LAST", max(5, keep_last), KEEP_LAST_FLOOR, 10000),
+        max_backup_age_hours=r.number("RETENTION_MAX_BACKUP_AGE_HOURS", 48.0, 1.0),
     )
 
 
@@ -178,6 +213,48 @@ def read_vcap_text(environ: Mapping[str, str], problems: list[str]) -> tuple[str
         )
         return None
     return text, "VCAP_SERVICES"
+
+
+def read_restore_test_db(environ: Mapping[str, str], bindings: dict, protected: tuple, problems: list[str]):
+    """The drill's scratch database (FAC_BACKUP_RESTORE_TEST_DB_SERVICE names an aws-rds
+    binding), or None; one that points at fac-db or fac-snapshot-db is refused."""
+    name = (environ.get(PREFIX + "RESTORE_TEST_DB_SERVICE") or "").strip()
+    if not name or not bindings:
+        return None
+    scratch = database_binding(bindings, name, problems)
+    for other in protected:
+        if scratch is not None and other is not None and scratch.same_database_as(other):
+            problems.append(
+                f"the restore test binding {name!r} points at the same database as {other.name!r} "
+                f"({other.host}:{other.port}/{other.dbname}); the restore drill would overwrite it"
+            )
+            return None
+    return scratch
+
+
+def read_webhook_url(environ: Mapping[str, str], bindings: dict, problems: list[str]) -> str | None:
+    """The failure webhook: FAC_BACKUP_WEBHOOK_URL, or `credentials.url` of the user-provided
+    binding named by FAC_BACKUP_WEBHOOK_SERVICE; never both. The URL is never printed."""
+    direct = (environ.get(PREFIX + "WEBHOOK_URL") or "").strip()
+    service = (environ.get(PREFIX + "WEBHOOK_SERVICE") or "").strip()
+    if direct and service:
+        problems.append(f"set only one of {PREFIX}WEBHOOK_URL and {PREFIX}WEBHOOK_SERVICE")
+        return None
+    url, source = direct, f"{PREFIX}WEBHOOK_URL"
+    if service:
+        source = f"binding {service!r}"
+        creds = (bindings.get(service) or {}).get("credentials")
+        if service not in bindings:
+            problems.append(f"no service binding named {service!r} in VCAP_SERVICES ({PREFIX}WEBHOOK_SERVICE)")
+            return None
+        url = str(creds.get("url") or "").strip() if isinstance(creds, dict) else ""
+        if not url:
+            problems.append(f"binding {service!r} lacks credential key(s): url")
+            return None
+    if url and not url.lower().startswith(("https://", "http://")):
+        problems.append(f"the webhook URL from {source} must start with https:// (or http://)")
+        return None
+    return url or None
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
@@ -212,6 +289,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             f"{fac_db.name!r} ({fac_db.host}:{fac_db.port}/{fac_db.dbname}); the snapshot copy "
             "would overwrite the live database"
         )
+    restore_test_db = read_restore_test_db(environ, bindings, (fac_db, snapshot_db), problems)
+    webhook_url = read_webhook_url(environ, bindings, problems)
     if media and backups and media.bucket == backups.bucket:
         problems.append(
             f"the media binding {media.name!r} and the backups binding {backups.name!r} "
@@ -224,4 +303,4 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             hint="fix the environment or the service bindings and start again",
         )
     assert fac_db and snapshot_db and media and backups
-    return Config(fac_db, snapshot_db, media, backups, settings)
+    return Config(fac_db, snapshot_db, media, backups, settings, restore_test_db, webhook_url)
