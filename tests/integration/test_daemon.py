@@ -166,6 +166,12 @@ def test_daemon_is_healthy_within_seconds_and_exports_the_metric_contract(sandbo
     for _name, labels in samples:
         assert "backup_id" not in dict(labels)
     assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(str(daemon.socket))
+        raw.sendall(b"\x00garbage{\n")
+        assert json.loads(raw.makefile("rb").readline())["ok"] is False
+    assert daemon.ctl("status")["scheduler_running"] is True
     code, seconds = daemon.stop()
     assert code == 0 and seconds < 10
     assert not daemon.socket.exists()
@@ -273,3 +279,12 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline:
             found.append(cmdline)
     return found
+
+
+def test_a_bad_schedule_stops_the_daemon_before_it_listens(sandbox):
+    """A malformed cron in the environment: exit 2 naming the variable; no socket, no port."""
+    env = dict(sandbox.environ, PORT=str(free_port()), FAC_BACKUP_DAILY_CRON="0 9 * * 1-9")
+    done = sandbox.cli("daemon", env=env, timeout=60)
+    assert done.returncode == 2
+    assert "FAC_BACKUP_DAILY_CRON" in done.stderr
+    assert not Path(env["FAC_BACKUP_CONTROL_SOCKET"]).exists()
