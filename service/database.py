@@ -18,8 +18,10 @@ from service.errors import DatabaseError
 from service.log import scrub
 from service.vcap import DatabaseBinding
 
+# Catalog only: no lock is taken on the tables (pg_total_relation_size would take one
+# and keep it until the end of the transaction, blocking migrations behind a backup).
 USER_TABLES_SQL = """
-SELECT n.nspname, c.relname, pg_total_relation_size(c.oid)
+SELECT n.nspname, c.relname
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p')
@@ -82,11 +84,23 @@ def server_version(conn: psycopg.Connection) -> tuple[int, str]:
     return num // 10000, f"{num // 10000}.{num % 10000}"
 
 
-def list_user_tables(conn: psycopg.Connection) -> list[TableInfo]:
-    """Every ordinary and partitioned table outside the system schemas and extensions."""
+def list_user_tables(conn: psycopg.Connection, sizes: dict[tuple[str, str], int] | None = None) -> list[TableInfo]:
+    """Every ordinary and partitioned table outside the system schemas and extensions.
+
+    Takes no lock on the tables; `sizes` (from `table_sizes`) fills in their size.
+    """
+    sizes = sizes or {}
     with translated_errors("listing tables"):
         rows = conn.execute(USER_TABLES_SQL).fetchall()
-    return [TableInfo(schema, name, int(size or 0)) for schema, name, size in rows]
+    return [TableInfo(schema, name, sizes.get((schema, name), 0)) for schema, name in rows]
+
+
+def table_sizes(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
+    """{(schema, table): bytes on disk}. Run it in autocommit mode: it locks each table briefly."""
+    inner = USER_TABLES_SQL.replace("SELECT n.nspname, c.relname", "SELECT n.nspname, c.relname, c.oid")
+    query = f"SELECT nspname, relname, pg_total_relation_size(oid) FROM ({inner}) AS t"
+    with translated_errors("measuring tables"):
+        return {(s, t): int(b or 0) for s, t, b in conn.execute(query).fetchall()}
 
 
 def count_rows(conn: psycopg.Connection, schema: str, table: str) -> int:

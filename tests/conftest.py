@@ -72,7 +72,7 @@ class Sandbox:
         """Run a job in-process through the registry, as the CLI does."""
         return jobs.run_job(self.config(), job, tuple(args), options=options or {}, **kwargs)
 
-    def cli(self, *argv: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    def cli(self, *argv: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run `python -m service ARGV` in a child process, as an operator would."""
         return subprocess.run([sys.executable, "-m", "service", *argv], env=env or self.environ, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)

@@ -29,6 +29,7 @@ from service.database import (
     import_snapshot,
     list_user_tables,
     server_version,
+    table_sizes,
 )
 from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
 from service.pgtools import (
@@ -90,8 +91,9 @@ def backup_database(ctx, kind: str) -> dict:
     with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as control:
         server_major, server_text = server_version(control)
         dump_version = check_pg_dump_version(pg_dump, env, server_major)
+        sizes = table_sizes(control)  # before the snapshot: its brief locks end with the statement
         snapshot = export_snapshot(control)
-        tables = tuple(list_user_tables(control))
+        tables = tuple(list_user_tables(control, sizes))
         if not tables:
             raise BackupError(
                 f"{config.fac_db.name} has no user tables to back up",
@@ -204,6 +206,7 @@ def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written
     with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
         import_snapshot(conn, plan.snapshot)
         rows = count_rows(conn, table.schema, table.name)
+        conn.execute("COMMIT")  # release the count's lock: pg_dump takes its own, for less time
         scope.check()
         argv = build_pg_dump_command(
             pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=settings.compression

@@ -1,0 +1,69 @@
+"""Deliberate faults: PostgreSQL programs that misbehave on cue.
+
+`make_pg_bin(dir, pg_dump=SCRIPT)` builds a directory for FAC_BACKUP_PG_BIN in
+which every PostgreSQL program is the real one except those given as shell
+scripts. A script finds the real program in $REAL (e.g. `exec "$REAL" "$@"`)
+and sees the table pattern in its arguments.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+PROGRAMS = ("pg_dump", "pg_restore", "psql")
+
+
+def make_pg_bin(directory: Path, **scripts: str) -> Path:
+    """A bin dir with the real programs, except the ones replaced by `scripts` (name -> sh body)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for program in PROGRAMS:
+        real = shutil.which(program)
+        assert real, f"{program} is not installed"
+        path = directory / program
+        if program in scripts:
+            path.write_text(f'#!/bin/sh\nREAL="{real}"\n{scripts[program]}\n')
+            path.chmod(0o755)
+        else:
+            path.symlink_to(real)
+    return directory
+
+
+# pg_dump that writes part of the real dump for the matching table, then dies.
+def dies_halfway(schema: str, table: str, after_bytes: int) -> str:
+    return f"""case "$*" in
+  *'--table="{schema}"."{table}"'*) "$REAL" "$@" | head -c {after_bytes}; kill -9 $$ ;;
+  *) exec "$REAL" "$@" ;;
+esac"""
+
+
+# pg_dump that drops the matching table just before dumping it (as a concurrent migration would).
+def drops_table_first(schema: str, table: str) -> str:
+    return f"""case "$*" in
+  *'--table="{schema}"."{table}"'*) psql -q -c 'DROP TABLE "{schema}"."{table}" CASCADE' >/dev/null 2>&1 ;;
+esac
+exec "$REAL" "$@\""""
+
+
+# pg_dump that waits for a flag file before dumping the matching table.
+def waits_for(schema: str, table: str, flag: Path) -> str:
+    return f"""case "$*" in
+  *'--table="{schema}"."{table}"'*) while [ ! -e "{flag}" ]; do sleep 0.05; done ;;
+esac
+exec "$REAL" "$@\""""
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+def s3_internal_error(url: str):
+    """An HTTP 500 as S3 would send it, for a botocore `before-send` hook to return."""
+    from botocore.awsrequest import AWSResponse
+
+    body = b"<Error><Code>InternalError</Code><Message>injected fault</Message></Error>"
+    return AWSResponse(url, 500, {"Content-Type": "application/xml"}, _Raw(body))
