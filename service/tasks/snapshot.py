@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import psycopg
@@ -33,13 +34,14 @@ from service.commands import RunningCommand, run_command
 from service.database import connect, export_snapshot, server_version, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.log import scrub
-from service.pgtools import build_pg_dump_command, build_pg_env, build_program_path
+from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command, build_program_path
 from service.tasks.backup import check_pg_dump_version
 from service.vcap import DatabaseBinding
 
 APPLICATION_NAME = "fac-backup-db_to_db"
 INDEX_BUILD_MEMORY = "512MB"  # per index build, inside the copy's transaction only
 DDL_OPTIONS = ("--schema-only", "--no-publications", "--no-subscriptions")
+PRODUCERS_AHEAD = 3  # source psql programs started before their turn
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
     with connect(source, sslmode=settings.pg_sslmode, autocommit=True) as control:
         pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
         check_pg_dump_version(pg_dump, env, server_version(control)[0])
-        plan = _read_plan(ctx, control, env, pg_dump)
+        pg_restore = build_program_path(settings.pg_bin_dir, "pg_restore")
+        with _stage(ctx, f"reading the source {source.name}"):
+            plan = _read_plan(ctx, control, env, pg_dump, pg_restore)
         # The exporting transaction counts the rows while the target loads them.
         counter = _Counter(control, plan.tables)
         try:
@@ -106,18 +110,21 @@ def _refuse_unsafe_target(ctx, source, target, allow_live_target: bool) -> None:
             hint="only a confirmed restore may write into the live database")
 
 
-def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str) -> SourcePlan:
+def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_restore: str) -> SourcePlan:
     """Export the snapshot and read everything the copy needs from it, DDL included."""
     snapshot = export_snapshot(control)
-    with translated_errors(f"reading the structure of {ctx.config.fac_db.name}"):
+    with translated_errors("reading the source's tables and sequences"):
         tables = copier.read_tables(control)
         sequences = copier.read_sequence_values(control)
         matviews = copier.read_populated_matviews(control)
+    # One schema-only archive, split into its sections by pg_restore (no server work twice).
+    archive = run_command(
+        build_pg_dump_command(pg_dump, snapshot=snapshot, compression=0, extra=DDL_OPTIONS),
+        env, scope=ctx.scope)
     ddl = {}
     for section in ("pre-data", "post-data"):
-        argv = build_pg_dump_command(pg_dump, snapshot=snapshot, fmt="plain",
-                                     extra=(*DDL_OPTIONS, f"--section={section}"))
-        ddl[section] = copier.clean_ddl(run_command(argv, env, scope=ctx.scope).decode("utf-8"))
+        argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
+        ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
     return SourcePlan(snapshot, tuple(tables), tuple(sequences), tuple(matviews),
                       ddl["pre-data"], ddl["post-data"])
 
@@ -167,30 +174,27 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
     loaded: dict[tuple[str, str], int] = {}
     total_bytes = 0
     try:
-        with _stage(ctx, target, "clearing the user schemas"):
+        with _stage(ctx, f"clearing the user schemas of {target.name}"):
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
             dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
             if dropped:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
                     sql.SQL(", ").join(map(sql.Identifier, dropped))))
             conn.execute("CREATE SCHEMA public; GRANT USAGE ON SCHEMA public TO PUBLIC")
-        with _stage(ctx, target, "creating the definitions"):
+        with _stage(ctx, f"creating the definitions in {target.name}"):
             conn.execute(plan.pre_data)
-        for table in plan.tables:
-            ctx.scope.check()
-            with _stage(ctx, target, f"loading {table.qualified}"):
-                rows, nbytes = _load_table(ctx, conn, psql, env, plan.snapshot, table)
+        for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target):
             loaded[(table.schema, table.name)] = rows
             total_bytes += nbytes
             ctx.log.info("db_to_db.table_copied", table=table.qualified, rows=rows, bytes=nbytes)
-        with _stage(ctx, target, "building indexes and constraints"):
+        with _stage(ctx, f"building indexes and constraints in {target.name}"):
             conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY)))
             conn.execute(plan.post_data)
-        with _stage(ctx, target, "setting sequences and materialized views"):
+        with _stage(ctx, f"setting sequences and materialized views in {target.name}"):
             _finish_objects(conn, plan)
         _verify_counts(counter.result(), loaded)
         ctx.scope.check()
-        with _stage(ctx, target, "committing"):
+        with _stage(ctx, f"committing {target.name}"):
             conn.commit()
     except BaseException:
         with contextlib.suppress(psycopg.Error):
@@ -203,13 +207,34 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             "sequences": len(plan.sequences), "schemas_replaced": len(dropped)}
 
 
-def _load_table(ctx, conn, psql: str, env: dict, snapshot: str, table: copier.TableCopy) -> tuple[int, int]:
-    """Stream one table from a source psql into COPY FROM STDIN; (rows loaded, bytes)."""
-    argv = copier.build_copy_out_command(psql, snapshot, table)
-    with RunningCommand(argv, env, scope=ctx.scope) as producer, conn.cursor() as cur:
-        with cur.copy(table.copy_statement("FROM STDIN")) as copy:
-            nbytes = copier.pump(producer.stdout, copy, table.qualified, producer_check=producer.check)
-        return cur.rowcount, nbytes
+def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: DatabaseBinding):
+    """Yield (table, rows loaded, bytes) for each table, one COPY at a time on the target.
+
+    The next few producers are started ahead, so their start-up (a process, a
+    connection, the snapshot import) overlaps the current load instead of
+    adding to it; each blocks on its pipe until its turn.
+    """
+    upcoming = iter(plan.tables)
+    waiting: deque = deque()
+    with contextlib.ExitStack() as running:
+        def start_next() -> None:
+            table = next(upcoming, None)
+            if table is not None:
+                argv = copier.build_copy_out_command(psql, plan.snapshot, table)
+                waiting.append((table, running.enter_context(RunningCommand(argv, env, scope=ctx.scope))))
+
+        for _ in range(PRODUCERS_AHEAD + 1):
+            start_next()
+        while waiting:
+            ctx.scope.check()
+            table, producer = waiting.popleft()
+            start_next()
+            with _stage(ctx, f"loading {table.qualified} into {target.name}"), conn.cursor() as cur:
+                with cur.copy(table.copy_statement("FROM STDIN")) as copy:
+                    nbytes = copier.pump(producer.stdout, copy, table.qualified, producer_check=producer.check)
+                rows = cur.rowcount
+            producer.close()
+            yield table, rows, nbytes
 
 
 def _finish_objects(conn: psycopg.Connection, plan: SourcePlan) -> None:
@@ -233,7 +258,7 @@ def _verify_counts(source: dict, loaded: dict) -> None:
 
 
 @contextlib.contextmanager
-def _stage(ctx, target: DatabaseBinding, what: str):
+def _stage(ctx, what: str):
     """Name the stage in any failure and say the target was left as it was."""
     try:
         yield
@@ -243,7 +268,7 @@ def _stage(ctx, target: DatabaseBinding, what: str):
         ctx.scope.check()  # a cancel shows up as a cancelled statement: report the cancel
         lost = isinstance(exc, psycopg.OperationalError) or _session_ended(exc)
         raise CopyError(
-            f"db_to_db failed while {what} in {target.name}; the target was left as it was",
+            f"db_to_db failed while {what}; the target was left as it was",
             detail=scrub(str(exc).strip()),
             hint=("the connection to the target was lost; check the database and run the copy again"
                   if lost else "fix the cause and run the copy again"),
