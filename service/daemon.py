@@ -49,6 +49,7 @@ class CatalogWatcher:
         self.store = store
         self.metrics = metrics
         self.known: dict[str, catalog.BackupSummary] = {}
+        self._lock = threading.Lock()  # the periodic tick and the end of a run may overlap
         self.log = get_logger(component="catalog")
 
     def first_listing(self) -> list[catalog.BackupSummary]:
@@ -60,6 +61,10 @@ class CatalogWatcher:
 
     def refresh(self) -> None:
         """Read manifests that appeared since the last look; never raises."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         try:
             ids = [p[len(layout.BACKUPS_PREFIX):].rstrip("/")
                    for p in self.store.list_prefixes(layout.BACKUPS_PREFIX)]
@@ -138,7 +143,8 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     settings = config.settings
     triggers = parse_schedules(settings)  # ConfigError before anything is started
     metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry(auto_describe=True))
-    runner = Runner(config, metrics, store_factory=store_factory)
+    watcher = CatalogWatcher(store_factory(config.backups), metrics)
+    runner = Runner(config, metrics, after_run=watcher.refresh, store_factory=store_factory)
     stop, ready = threading.Event(), threading.Event()
     reason: list[str] = []
 
@@ -149,7 +155,6 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     scheduler = JobScheduler(settings.timezone, fire, runner.record_skip)
     for job, trigger in triggers.items():
         scheduler.add_cron(job, trigger)
-    watcher = CatalogWatcher(store_factory(config.backups), metrics)
 
     def on_signal(signum, _frame) -> None:
         reason.append(f"received {signal.Signals(signum).name}")

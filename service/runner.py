@@ -34,9 +34,10 @@ class ActiveRun:
 class Runner:
     """Runs jobs for the daemon and remembers how each ended."""
 
-    def __init__(self, config, metrics, **run_job_kwargs) -> None:
+    def __init__(self, config, metrics, *, after_run=None, **run_job_kwargs) -> None:
         self.config = config
         self.metrics = metrics
+        self._after_run = after_run  # e.g. re-read the bucket so the gauges show the new backup
         self._kwargs = run_job_kwargs  # e.g. store_factory, for tests
         self._lock = threading.Lock()
         self._active: dict[str, ActiveRun] = {}
@@ -95,6 +96,8 @@ class Runner:
             if result.outcome == "skipped" and isinstance(result.error, LockBusyError):
                 self.metrics.run_skipped(active.job, "lock_busy", counted=True)
             self.metrics.observe_steps(result.steps)
+            if self._after_run is not None and result.outcome == "success":
+                self._after_run()
             with self._lock:
                 self._last[active.job] = {
                     "run_id": result.run_id, "outcome": result.outcome, "trigger": active.trigger,

@@ -189,7 +189,8 @@ def test_trigger_over_the_socket_runs_the_job_and_counters_move(sample_db, start
     assert len(complete) == 1
     finished = datetime.fromisoformat(complete[0].finished_at).timestamp()
     assert daemon.value("fac_backup_job_last_success_timestamp_seconds", job="db_to_s3") >= finished
-    assert daemon.value("fac_backup_last_backup_tables", job="db_to_s3") == complete[0].tables
+    wait_for(lambda: daemon.value("fac_backup_last_backup_tables", job="db_to_s3") == complete[0].tables,
+             10, "the backup's table count in the gauge")
     status = daemon.ctl("status")
     assert status["last"]["db_to_s3"]["outcome"] == "success"
     assert status["last"]["db_to_s3"]["run_id"] == reply["run_id"]
