@@ -1,0 +1,135 @@
+"""Benchmark of db_to_db (fac-db -> fac-snapshot-db), the old method and ours in one run.
+
+(a) the old tool's method, reproduced with the programs it runs: for each public
+    table in turn, `DROP TABLE ... CASCADE` on the target, then
+    `pg_dump --format plain -t TABLE source | psql target`;
+(b) ours: `python -m service run db_to_db` (one snapshot, one transaction,
+    binary COPY byte pumps).
+Both run into a fresh target and then again into the target they populated
+(the replace before a deploy). The old method cannot create a table whose
+type it was not given, so its fresh target first receives the source's
+definitions, untimed (a head start ours does not get). Row counts of every
+table copied are checked against the source.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from psycopg import sql
+
+from bench.common import BenchEnv, database_size, mib, open_env, print_table, ratio, run_child, timed
+from service.pgtools import build_table_pattern
+from service.sandbox import find_pg_program
+
+TARGET_RATIO = 0.70
+
+
+def pg_env(env: BenchEnv, db: str) -> dict:
+    return dict(env.aws_env(), PGHOST=env.pg.host, PGPORT=str(env.pg.port), PGUSER=env.pg.user,
+                PGDATABASE=db, PGPASSWORD=env.pg.password)
+
+
+def psql_argv(*extra: str) -> list[str]:
+    return [find_pg_program("psql"), "--no-psqlrc", "--quiet", *extra]
+
+
+def public_tables(env: BenchEnv, db: str) -> list[str]:
+    with env.pg.connect(db) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
+def give_definitions(env: BenchEnv, source: str, target: str) -> None:
+    """Untimed set-up for the old method: the source's definitions, without rows."""
+    dump = subprocess.Popen([find_pg_program("pg_dump"), "--schema-only", "--section=pre-data", "--no-owner",
+                             "--no-privileges"], env=pg_env(env, source), stdout=subprocess.PIPE)
+    subprocess.run(psql_argv("--set=ON_ERROR_STOP=1"), env=pg_env(env, target), stdin=dump.stdout,
+                   check=True, stdout=subprocess.DEVNULL)
+    dump.stdout.close()
+    if dump.wait() != 0:
+        raise RuntimeError("pg_dump of the definitions failed")
+
+
+def old_method(env: BenchEnv, source: str, target: str) -> None:
+    """What the old tool did: per public table, drop it on the target, then pg_dump | psql."""
+    for table in public_tables(env, source):
+        drop = sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table)).as_string(None)
+        subprocess.run(psql_argv("-c", drop), env=pg_env(env, target), check=True, stdout=subprocess.DEVNULL)
+        dump = subprocess.Popen([find_pg_program("pg_dump"), "--format", "plain", "--no-owner", "--no-privileges",
+                                 "-t", build_table_pattern("public", table)],
+                                env=pg_env(env, source), stdout=subprocess.PIPE)
+        subprocess.run(psql_argv(), env=pg_env(env, target), stdin=dump.stdout, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dump.stdout.close()
+        if dump.wait() != 0:
+            raise RuntimeError(f"pg_dump of {table} failed")
+
+
+def ours(env: BenchEnv, source: str, target: str) -> float:
+    """`python -m service run db_to_db` in a child process; its wall time."""
+    buckets = {"media": env.s3.create_bucket(), "backups": env.s3.create_bucket()}
+    seconds, _ = run_child([sys.executable, "-m", "service", "run", "db_to_db"],
+                           env.vcap_env(db=source, snapshot_db=target, **buckets))
+    return seconds
+
+
+def table_counts(env: BenchEnv, db: str, schemas: tuple[str, ...]) -> dict:
+    with env.pg.connect(db) as conn:
+        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(%s)",
+                              (list(schemas),)).fetchall()
+        return {(s, t): conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(s, t))).fetchone()[0]
+                for s, t in tables}
+
+
+def verify(env: BenchEnv, source: str, target: str, schemas: tuple[str, ...], label: str) -> int:
+    """Every table of `schemas` has the source's row count in the target; return the rows."""
+    expected, got = table_counts(env, source, schemas), table_counts(env, target, schemas)
+    if expected != got:
+        wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise RuntimeError(f"{label}: row counts differ from the source for {wrong[:5]}")
+    return sum(expected.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = argv or []
+    env = open_env(rebuild="--rebuild" in argv)
+    try:
+        size = database_size(env)
+        old_target, our_target = env.new_database(), env.new_database()
+        give_definitions(env, env.db, old_target)
+        t_old_fresh, _ = timed(old_method, env, env.db, old_target)
+        rows_old = verify(env, env.db, old_target, ("public",), "old method, fresh")
+        t_ours_fresh = ours(env, env.db, our_target)
+        rows_ours = verify(env, env.db, our_target, ("public", "support"), "ours, fresh")
+        t_old_replace, _ = timed(old_method, env, env.db, old_target)
+        verify(env, env.db, old_target, ("public",), "old method, replace")
+        t_ours_replace = ours(env, env.db, our_target)
+        verify(env, env.db, our_target, ("public", "support"), "ours, replace")
+        print_table(
+            f"db_to_db on a {mib(size)} FAC-like database (same run, same server)",
+            [("old: DROP CASCADE + pg_dump -t | psql, per public table", "fresh", f"{t_old_fresh:.1f} s",
+              f"{rows_old:,}", "1.00x"),
+             ("ours: db_to_db (one snapshot, one transaction)", "fresh", f"{t_ours_fresh:.1f} s",
+              f"{rows_ours:,}", ratio(t_ours_fresh, t_old_fresh)),
+             ("old: DROP CASCADE + pg_dump -t | psql, per public table", "replace", f"{t_old_replace:.1f} s",
+              f"{rows_old:,}", "1.00x"),
+             ("ours: db_to_db (one snapshot, one transaction)", "replace", f"{t_ours_replace:.1f} s",
+              f"{rows_ours:,}", ratio(t_ours_replace, t_old_replace))],
+            ("method", "target", "time", "rows", "time vs old"),
+        )
+        print(f"\nours / old method, fresh target     : {ratio(t_ours_fresh, t_old_fresh)}   "
+              f"(target <= {TARGET_RATIO:.2f}x)")
+        print(f"ours / old method, populated target : {ratio(t_ours_replace, t_old_replace)}   "
+              f"(target <= {TARGET_RATIO:.2f}x)")
+        print("row counts verified against the source for every table copied "
+              "(ours also copies the support schema; the old method only public)")
+        worst = max(t_ours_fresh / t_old_fresh, t_ours_replace / t_old_replace)
+        return 0 if worst <= TARGET_RATIO else 1
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
