@@ -67,3 +67,11 @@ def s3_internal_error(url: str):
 
     body = b"<Error><Code>InternalError</Code><Message>injected fault</Message></Error>"
     return AWSResponse(url, 500, {"Content-Type": "application/xml"}, _Raw(body))
+
+
+# pg_dump that sends the first bytes of the matching table's dump, then hangs with its output open.
+def stalls_after(schema: str, table: str, after_bytes: int) -> str:
+    return f"""case "$*" in
+  *'--table="{schema}"."{table}"'*) "$REAL" "$@" | head -c {after_bytes}; sleep 600 ;;
+  *) exec "$REAL" "$@" ;;
+esac"""

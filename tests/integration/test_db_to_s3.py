@@ -212,3 +212,35 @@ def test_tables_of_one_backup_show_one_moment(sandbox, tmp_path, pg_server):
     finally:
         pg_server.drop_database(target)
     assert total == 200 * 1000
+
+
+def test_sigterm_mid_backup_aborts_cleanly(sample_db, tmp_path):
+    """SIGTERM while a multipart upload is open: exit 5 within seconds, upload aborted, no manifest."""
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    from tests.fakes import stalls_after
+
+    with sample_db.connect() as conn:
+        conn.execute("CREATE TABLE public.big AS SELECT i, md5(i::text) || md5((i * 3)::text) AS v "
+                     "FROM generate_series(1, 300000) i")
+    bin_dir = make_pg_bin(tmp_path / "bin", pg_dump=stalls_after("public", "big", 7 * 1024 * 1024))
+    env = dict(sample_db.environ, FAC_BACKUP_PG_BIN=str(bin_dir), FAC_BACKUP_MIN_PART_MIB="5",
+               FAC_BACKUP_COMPRESSION="0")
+    proc = subprocess.Popen([sys.executable, "-m", "service", "run", "db_to_s3"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not sample_db.open_uploads():
+        assert proc.poll() is None and time.monotonic() < deadline, "no multipart upload was opened"
+        time.sleep(0.1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 5, err
+    assert "cancelled" in err and "SIGTERM" in err
+    assert sample_db.open_uploads() == []
+    assert not any(b.complete for b in catalog.list_backups(sample_db.store()))
+    assert '"event": "job.aborted"' in out
