@@ -31,7 +31,7 @@ from service.errors import (
 from service.locking import default_lock_guard
 from service.log import get_logger
 from service.storage import ObjectStore, S3ObjectStore
-from service.tasks import backup, checks, snapshot, sync
+from service.tasks import backup, checks, db_restore, restore, snapshot, sync
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,12 @@ JOB_SPECS: tuple[JobSpec, ...] = (
     JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket", "on-demand"),
     JobSpec("db_to_db", ("db_to_db",), "copy fac-db into fac-snapshot-db, all or nothing"),
     JobSpec("row_count", ("row_count",), "exact row count of every table", takes_lock=False),
+    JobSpec("s3_restore", ("s3_restore", "media_restore"),
+            "replace fac-db with a verified backup, all or nothing, then media back", "pre-restore",
+            arguments=("BACKUP_ID",), protected_target="fac_db"),
+    JobSpec("db_restore", ("db_restore", "media_restore"),
+            "replace fac-db with fac-snapshot-db, all or nothing, then media back", "pre-restore",
+            protected_target="fac_db"),
 )
 
 StepFunction = Callable[["JobContext"], dict]
@@ -74,6 +80,8 @@ STEPS: dict[str, StepFunction] = {
     "db_to_s3": lambda ctx: backup.backup_database(ctx, ctx.spec.backup_kind),
     "media_sync": sync.sync_media,
     "db_to_db": snapshot.copy_database,
+    "s3_restore": restore.restore_from_s3,
+    "db_restore": db_restore.restore_from_snapshot,
 }
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
