@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("jobs", help="list the jobs of the registry")
 
+    show = sub.add_parser("show", help="show a backup's manifest: tables, rows, bytes, times, versions")
+    show.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it (e.g. daily-06-04)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = sub.add_parser("verify", help="check a backup without restoring: sizes, sha256, pg_restore --list")
+    verify.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it")
+
     demo = sub.add_parser("demo", help="run scheduled_backup on a throwaway PostgreSQL and local S3")
     demo.add_argument("--daemon", action="store_true", help="start the daemon on the sandbox instead")
     demo.add_argument("--rows", type=int, default=5000, help="rows of the main sample table")
@@ -120,6 +127,18 @@ def cmd_list(ns) -> int:
     return 0
 
 
+def cmd_show(ns) -> int:
+    from service.inspection import show_backup
+
+    return show_backup(ns.backup_id, ns.json)
+
+
+def cmd_verify(ns) -> int:
+    from service.inspection import verify_backup_command
+
+    return verify_backup_command(ns.backup_id)
+
+
 def cmd_jobs(_ns) -> int:
     for spec in sorted(jobs.JOBS.values(), key=lambda s: s.name):
         usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
@@ -166,3 +185,5 @@ def cmd_ctl(ns) -> int:
 
 COMMANDS["daemon"] = cmd_daemon
 COMMANDS["ctl"] = cmd_ctl
+COMMANDS["show"] = cmd_show
+COMMANDS["verify"] = cmd_verify

@@ -1,0 +1,82 @@
+"""`show BACKUP_ID` and `verify BACKUP_ID`: read a backup without restoring it.
+
+Both resolve the id as a restore would (finder.find_backup), so what an
+operator inspects is exactly what `run s3_restore` with the same id would use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from service.config import load_config
+from service.finder import FoundBackup, find_backup
+from service.log import configure_logging, register_secrets
+from service.pgtools import INHERITED_ENV, build_program_path
+from service.storage import S3ObjectStore
+from service.verify import verify_backup
+
+
+def _open_backups():
+    config = load_config()
+    register_secrets(config.secrets())
+    configure_logging(config.settings.log_format, sys.stderr)
+    return config, S3ObjectStore(config.backups)
+
+
+def describe(found: FoundBackup) -> dict:
+    """A backup as data: the manifest, or what a legacy prefix holds."""
+    if found.manifest is not None:
+        data = json.loads(found.manifest.to_json())
+        data.update(legacy=False, matched=list(found.matched),
+                    total_rows=found.manifest.total_rows, total_bytes=found.manifest.total_bytes)
+        return data
+    return {"id": found.id, "legacy": True, "prefix": found.prefix,
+            "tables": [{"schema": t.schema, "table": t.table, "key": t.key, "bytes": t.bytes}
+                       for t in found.legacy_tables],
+            "total_bytes": sum(t.bytes for t in found.legacy_tables)}
+
+
+def show_backup(backup_id: str, as_json: bool) -> int:
+    """Print a backup's manifest (tables, rows, bytes, times, versions)."""
+    _, store = _open_backups()
+    found = find_backup(store, backup_id)
+    data = describe(found)
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    if found.legacy:
+        print(f"backup {found.id}: LEGACY (written by the old tool; no manifest, no checksums, no row counts)")
+        print(f"prefix     {found.prefix}")
+    else:
+        m = found.manifest
+        print(f"backup     {m.id}" + (f"   (newest of: {', '.join(found.matched)})" if len(found.matched) > 1 else ""))
+        print(f"job        {m.job}")
+        print(f"started    {m.started_at}")
+        print(f"finished   {m.finished_at}")
+        print(f"database   {m.database}   server {m.server_version}   pg_dump {m.pg_dump_version}"
+              f"   compression {m.compression}")
+        print(f"schema     {m.schema.get('key', '-')}   {int(m.schema.get('bytes', 0)):,} bytes")
+    print(f"\n{'TABLE':<56} {'ROWS':>12} {'BYTES':>14}")
+    for t in data["tables"]:
+        rows = f"{t['rows']:,}" if "rows" in t else "-"
+        print(f"{t['schema'] + '.' + t['table']:<56} {rows:>12} {t['bytes']:>14,}")
+    total_rows = f"{data['total_rows']:,}" if "total_rows" in data else "-"
+    count = f"{len(data['tables'])} tables"
+    print(f"{count:<56} {total_rows:>12} {data['total_bytes']:>14,}")
+    return 0
+
+
+def verify_backup_command(backup_id: str) -> int:
+    """Check every object (presence, size, sha256) and that pg_restore can list each dump."""
+    config, store = _open_backups()
+    found = find_backup(store, backup_id)
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    report = verify_backup(store, found, parallel=config.settings.parallel,
+                           pg_restore=build_program_path(config.settings.pg_bin_dir, "pg_restore"), env=env)
+    checks = "size and sha256 match the manifest" if report["checksums"] else \
+        "no checksums to compare (legacy backup: presence and readability only)"
+    print(f"backup {found.id}: OK, {report['objects']} objects, {report['bytes']:,} bytes; {checks}; "
+          "every dump readable by pg_restore --list")
+    return 0

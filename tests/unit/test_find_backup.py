@@ -1,0 +1,115 @@
+"""How an operator-typed backup id resolves (finder.find_backup), on the in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+
+from service import catalog, layout
+from service.errors import BackupNotFoundError
+from service.finder import find_backup, nearest_complete
+from service.loader import build_count_check_sql, build_reset_sql, quote_ident
+from service.storage import MemoryObjectStore
+
+
+def put_backup(store, backup_id: str, started: str, *, manifest: bool = True) -> None:
+    """A backup with one table dump and schema.dump; the manifest last, unless told not to."""
+    store.put_bytes(layout.table_key(backup_id, "public", "t"), b"dump")
+    store.put_bytes(layout.schema_key(backup_id), b"schema")
+    if manifest:
+        table = catalog.TableEntry("public", "t", layout.table_key(backup_id, "public", "t"), 4, "x", 1)
+        catalog.write_manifest(store, catalog.Manifest(
+            id=backup_id, job="scheduled_backup", started_at=started, finished_at=started, server_version="15.8",
+            pg_dump_version="15.8", database="fac", tables=(table,),
+            schema={"key": layout.schema_key(backup_id), "bytes": 6, "sha256": "y"}))
+
+
+@pytest.fixture
+def store():
+    return MemoryObjectStore()
+
+
+def test_exact_id_resolves_to_its_manifest(store):
+    """The id as `list` prints it resolves to that backup."""
+    put_backup(store, "daily-06-04", "2026-06-04T20:00:00-07:00")
+    found = find_backup(store, "daily-06-04")
+    assert found.id == "daily-06-04" and not found.legacy and found.manifest.tables[0].table == "t"
+
+
+def test_yearly_repeat_takes_the_newest(store):
+    """`scheduled-06-04-10` typed again a year later (stored as `-2`) means the newest of the two."""
+    put_backup(store, "scheduled-06-04-10", "2025-06-04T10:00:00-07:00")
+    put_backup(store, "scheduled-06-04-10-2", "2026-06-04T10:00:00-07:00")
+    found = find_backup(store, "scheduled-06-04-10")
+    assert found.id == "scheduled-06-04-10-2"
+    assert found.matched == ("scheduled-06-04-10", "scheduled-06-04-10-2")
+
+
+def test_suffixed_id_is_taken_literally(store):
+    """Typing the suffixed id picks exactly that backup, even when it is not the newest."""
+    put_backup(store, "scheduled-06-04-10", "2027-06-04T10:00:00-07:00")
+    put_backup(store, "scheduled-06-04-10-2", "2026-06-04T10:00:00-07:00")
+    assert find_backup(store, "scheduled-06-04-10-2").id == "scheduled-06-04-10-2"
+
+
+def test_a_prefix_of_another_id_does_not_match_it(store):
+    """`scheduled-06-04` is not an id of the scheduled form: it never matches `scheduled-06-04-10`."""
+    put_backup(store, "scheduled-06-04-10", "2026-06-04T10:00:00-07:00")
+    with pytest.raises(BackupNotFoundError) as caught:
+        find_backup(store, "scheduled-06-04")
+    assert "scheduled-06-04-10" in caught.value.detail
+
+
+def test_newest_complete_wins_over_an_incomplete_sibling(store):
+    """A newer sibling without a manifest is ignored: only complete backups are restorable."""
+    put_backup(store, "daily-06-04", "2025-06-04T20:00:00-07:00")
+    put_backup(store, "daily-06-04-2", "2026-06-04T20:00:00-07:00", manifest=False)
+    assert find_backup(store, "daily-06-04").id == "daily-06-04"
+
+
+def test_incomplete_backup_is_refused_with_nearest(store):
+    """A backup of ours without a manifest is refused as incomplete, naming complete alternatives."""
+    put_backup(store, "daily-06-03", "2026-06-03T20:00:00-07:00")
+    put_backup(store, "daily-06-04", "2026-06-04T20:00:00-07:00", manifest=False)
+    with pytest.raises(BackupNotFoundError) as caught:
+        find_backup(store, "daily-06-04")
+    assert "incomplete" in caught.value.message and "daily-06-03" in caught.value.detail
+
+
+def test_unknown_id_lists_nearest_complete_same_kind_first(store):
+    """The not-found error names the nearest complete backups, same kind first."""
+    put_backup(store, "daily-06-04", "2026-06-04T20:00:00-07:00")
+    put_backup(store, "scheduled-06-04-12", "2026-06-04T12:00:00-07:00")
+    put_backup(store, "initial-202606041030", "2026-06-04T10:30:00-07:00")
+    with pytest.raises(BackupNotFoundError) as caught:
+        find_backup(store, "scheduled-06-04-11")
+    assert caught.value.detail.startswith("nearest complete backups: scheduled-06-04-12")
+    assert nearest_complete(store, "zzz", n=2) and len(nearest_complete(store, "zzz", n=2)) == 2
+
+
+def test_legacy_flat_and_nested_layouts(store):
+    """Old-tool dumps without manifest or schema.dump are legacy, flat or nested, typed either way."""
+    store.put_bytes("backups/initial-202401010000/public-audit_access.dump", b"x" * 7)
+    store.put_bytes("backups/scheduled/06-04-10/public-dissemination_general.dump", b"y")
+    flat = find_backup(store, "initial-202401010000")
+    assert flat.legacy and flat.legacy_tables[0].qualified == "public.audit_access"
+    assert flat.legacy_tables[0].bytes == 7
+    for typed in ("scheduled-06-04-10", "scheduled/06-04-10", "backups/scheduled/06-04-10/"):
+        nested = find_backup(store, typed)
+        assert nested.legacy and nested.prefix == "backups/scheduled/06-04-10/"
+        assert [t.table for t in nested.legacy_tables] == ["dissemination_general"]
+
+
+def test_ids_that_could_escape_the_prefix_are_refused(store):
+    """Ids are key prefixes: `..` and odd characters never reach a listing."""
+    for typed in ("../media", "daily-06-04/../x", "*"):
+        with pytest.raises(BackupNotFoundError):
+            find_backup(store, typed)
+
+
+def test_restore_sql_quotes_every_name():
+    """Names with quotes, spaces, capitals and non-ASCII letters are quoted in the restore's own SQL."""
+    assert quote_ident('Odd Name "quoted" é') == '"Odd Name ""quoted"" é"'
+    reset = build_reset_sql(["public", 'We"ird'])
+    assert 'DROP SCHEMA IF EXISTS "We""ird" CASCADE;' in reset and "CREATE SCHEMA IF NOT EXISTS public;" in reset
+    check = build_count_check_sql([("public", "it's", 3)])
+    assert "FROM \"public\".\"it's\"" in check and "'public.it''s'" in check and "IF n <> 3" in check
