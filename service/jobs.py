@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from service import notify
 from service.commands import CancelScope
 from service.config import Config
 from service.errors import (
@@ -31,7 +32,7 @@ from service.errors import (
 from service.locking import default_lock_guard
 from service.log import get_logger
 from service.storage import ObjectStore, S3ObjectStore
-from service.tasks import backup, checks, db_restore, restore, snapshot, sync
+from service.tasks import backup, checks, db_restore, drill, prune, restore, snapshot, sync
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,16 @@ def register_job(spec: JobSpec, steps: dict[str, StepFunction] | None = None) ->
     """Add a job (and the steps it brings) to the registry; used by task modules."""
     JOBS[spec.name] = spec
     STEPS.update(steps or {})
+
+
+# The backup lifecycle (README "Retention, drills and notifications").
+register_job(JobSpec("prune_backups", ("prune_backups",),
+                     "apply the retention policy; a dry run unless --apply"),
+             {"prune_backups": prune.prune_backups})
+register_job(JobSpec("verify_backup", ("verify_backup",),
+                     "restore drill: checksums, pg_restore --list, a rolled-back restore into the scratch db",
+                     optional_arguments=("BACKUP_ID",), takes_lock=False),
+             {"verify_backup": drill.verify_backup_step})
 
 
 def get_job(name: str) -> JobSpec:
@@ -282,4 +293,6 @@ def run_job(
         event = {"success": "job.finished", "failure": "job.failed", "aborted": "job.aborted",
                  "skipped": "job.skipped"}[outcome]
         (log.info if outcome in ("success", "skipped") else log.error)(event, **summary)
-        return JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed)
+        result = JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed)
+        notify.notify_job_end(config, result, metrics=metrics, log=log)  # never raises
+        return result

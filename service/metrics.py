@@ -97,6 +97,30 @@ class Metrics:
             "fac_backup_catalog_refresh_timestamp_seconds",
             "Unix time of the last successful read of the backups bucket's manifests.", registry=r,
         )
+        self.prune_backups = Gauge(
+            "fac_backup_prune_backups",
+            "Backups kept and deleted by the last applied prune_backups of this process.",
+            ["decision"], registry=r,
+        )
+        self.prune_bytes = Gauge(
+            "fac_backup_prune_bytes",
+            "Bytes kept and deleted by the last applied prune_backups of this process.",
+            ["decision"], registry=r,
+        )
+        self.last_verified = Gauge(
+            "fac_backup_last_verified_backup_timestamp_seconds",
+            "Unix start time of the backup that the last successful verify_backup of this process "
+            "proved restorable (0: none yet).", registry=r,
+        )
+        self.notifications = Counter(
+            "fac_backup_notifications", "Webhook notifications by outcome (sent, failed).", ["outcome"],
+            registry=r,
+        )
+        for decision in ("keep", "delete"):
+            self.prune_backups.labels(decision=decision).set(0)
+            self.prune_bytes.labels(decision=decision).set(0)
+        for outcome in ("sent", "failed"):
+            self.notifications.labels(outcome=outcome)
         self.build_info = Gauge(
             "fac_backup_build_info", "Always 1; the labels tell the build.", ["version", "python"],
             registry=r,
@@ -145,6 +169,18 @@ class Metrics:
                 self.missing_tables.set(len(figures.get("missing", ())))
             elif step.name == "media_sync" and step.outcome == "success":
                 self.media_copied.set(int(figures.get("copied", 0)))
+            elif step.name == "prune_backups" and step.outcome == "success" and figures.get("applied"):
+                for decision, count, size in (("keep", "kept", "kept_bytes"), ("delete", "deleted", "deleted_bytes")):
+                    self.prune_backups.labels(decision=decision).set(int(figures.get(count, 0)))
+                    self.prune_bytes.labels(decision=decision).set(int(figures.get(size, 0)))
+            elif step.name == "verify_backup" and step.outcome == "success":
+                started = parse_timestamp(figures.get("backup_started_at", ""))
+                if started is not None:
+                    self.last_verified.set(started)
+
+    def notification_finished(self, outcome: str) -> None:
+        """A webhook call ended: `sent` or `failed`."""
+        self.notifications.labels(outcome=outcome).inc()
 
     def observe_backups(self, summaries, now: float) -> None:
         """Rebuild last-success and last-backup figures from complete manifests in the bucket."""

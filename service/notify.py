@@ -1,0 +1,125 @@
+"""Failure notifications: one webhook call when a job fails or is aborted, and one on recovery.
+
+The body is JSON that Slack-compatible receivers accept (a `text` line) and
+generic ones can read field by field (`job`, `outcome`, `error`, `hint`,
+`run_id`, `time`, `recovered`). It never holds a secret: no error detail
+(stderr tails), no URL, every text scrubbed like the log. The webhook's own
+failures are logged and counted and never change how a job ended.
+
+Recovery is the first success of a job after a failure or abort of the same
+job in this process (the daemon remembers; a one-off `cf run-task` starts
+with no memory, so it can report a failure but not a recovery). The same
+memory tells prune_backups whether the last backup run failed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+from service.log import get_logger, scrub
+
+FAILED = ("failure", "aborted")
+TIMEOUT_SECONDS = 3.0  # short: an aborted run reports inside cloud.gov's 10-second stop grace
+SERVICE_NAME = "fac-backup"
+
+_lock = threading.Lock()
+_last: dict[str, tuple[str, float]] = {}  # job -> (outcome, unix time), this process only
+
+
+def last_outcomes() -> dict[str, tuple[str, float]]:
+    """job -> (outcome, unix time) of the last run of each job in this process (skips excluded)."""
+    with _lock:
+        return dict(_last)
+
+
+def forget_outcomes() -> None:
+    """Clear the memory (tests)."""
+    with _lock:
+        _last.clear()
+
+
+def remember(job: str, outcome: str) -> str | None:
+    """Record `outcome` for `job`; return the outcome it replaces (None: first run)."""
+    with _lock:
+        previous = _last.get(job, (None, 0.0))[0]
+        if outcome != "skipped":  # a run that never happened says nothing about the job's health
+            _last[job] = (outcome, time.time())
+    return previous
+
+
+def build_payload(result, *, recovered: bool = False, now: datetime | None = None) -> dict:
+    """The JSON body for a finished run (jobs.JobResult)."""
+    error = result.error
+    message = scrub(error.message) if error is not None and not recovered else ""
+    hint = scrub(error.hint) if error is not None and not recovered else ""
+    if recovered:
+        text = f"{SERVICE_NAME}: {result.job} succeeded again after a failure (run {result.run_id})"
+    else:
+        text = f"{SERVICE_NAME}: {result.job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
+        text += f": {message}" if message else ""
+        text += f" (hint: {hint})" if hint else ""
+        text += f" (run {result.run_id})"
+    return {
+        "text": text,
+        "service": SERVICE_NAME,
+        "job": result.job,
+        "outcome": result.outcome,
+        "recovered": recovered,
+        "error": message,
+        "hint": hint,
+        "run_id": result.run_id,
+        "time": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+    }
+
+
+def post_json(url: str, payload: dict, timeout: float = TIMEOUT_SECONDS) -> int:
+    """POST `payload` as JSON; return the HTTP status, raise OSError/HTTPError on failure."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode("utf-8"), method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": SERVICE_NAME},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) checked in config
+        return response.status
+
+
+def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
+    """Remember how `result` ended and call the webhook if it failed or recovered.
+
+    Returns True when a notification was sent. Never raises: a notification
+    must not turn a finished job into a failed one.
+    """
+    log = log or get_logger()
+    try:
+        previous = remember(result.job, result.outcome)
+        failed = result.outcome in FAILED
+        recovered = result.outcome == "success" and previous in FAILED
+        url = getattr(config, "webhook_url", None)
+        if not url or not (failed or recovered):
+            return False
+        payload = build_payload(result, recovered=recovered)
+        try:
+            status = post_json(url, payload)
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+            reason = f"HTTP {exc.code}" if isinstance(exc, urllib.error.HTTPError) else type(exc).__name__
+            log.warning("notify.failed", notified_job=result.job, reason=scrub(reason),
+                        detail=scrub(str(getattr(exc, "reason", "")) or ""))
+            _count(metrics, "failed")
+            return False
+        log.info("notify.sent", notified_job=result.job, outcome=result.outcome, recovered=recovered,
+                 status=status)
+        _count(metrics, "sent")
+        return True
+    except Exception:  # noqa: BLE001 - the notification is best effort by design
+        log.exception("notify.crashed")
+        _count(metrics, "failed")
+        return False
+
+
+def _count(metrics, outcome: str) -> None:
+    if metrics is not None and hasattr(metrics, "notification_finished"):
+        metrics.notification_finished(outcome)
