@@ -43,6 +43,7 @@ class Settings:
     snapshot_max_age_hours: float = 48.0
     min_part_size: int = 8 * 1024 * 1024
     log_format: str = "auto"
+    sync_concurrency: int = 16  # objects copied at once by the media sync
     retention: RetentionPolicy = RetentionPolicy()
     verify_cron: str = "0 3 * * 0"  # the weekly restore drill (verify_backup)
     prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
@@ -159,6 +160,7 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
+        sync_concurrency=r.integer("SYNC_CONCURRENCY", 16, 1, 64),
         retention=read_retention(r),
         verify_cron=r.text("VERIFY_CRON", "0 3 * * 0"),
         prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",

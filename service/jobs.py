@@ -80,6 +80,7 @@ STEPS: dict[str, StepFunction] = {
     "check_tables": checks.check_tables,
     "db_to_s3": lambda ctx: backup.backup_database(ctx, ctx.spec.backup_kind),
     "media_sync": sync.sync_media,
+    "media_restore": sync.sync_media_back,
     "db_to_db": snapshot.copy_database,
     "s3_restore": restore.restore_from_s3,
     "db_restore": db_restore.restore_from_snapshot,

@@ -69,3 +69,14 @@ def is_dump_key(key: str) -> bool:
 def is_media_key(key: str) -> bool:
     """Media keys are everything outside `backups/`, in either bucket."""
     return not key.startswith(BACKUPS_PREFIX)
+
+
+# The media sync lists a bucket as two key ranges, (start_after, stop_before), so
+# that it never pages through the dumps: every backup id starts with a letter or
+# digit, so every dump key sorts between the two ranges ('~' follows them in
+# ASCII). Keys in the second range that still begin with `backups/` are filtered
+# out by `is_media_key`; a media key such as `backups0` sorts after `backups/~`.
+MEDIA_KEY_RANGES: tuple[tuple[str, str | None], ...] = (
+    ("", BACKUPS_PREFIX),
+    (BACKUPS_PREFIX + "~", None),
+)

@@ -103,6 +103,7 @@ class MemoryObjectStore(ObjectStore):
         multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
+        source_etag: str | None = None,
     ) -> str:
         if not isinstance(source, MemoryObjectStore) or source.copier_for(self) is not self:
             raise StorageError(f"cannot copy {key} from bucket {source.bucket} server-side")
@@ -110,6 +111,8 @@ class MemoryObjectStore(ObjectStore):
             raise JobAbortedError("the copy was cancelled")
         info = source.head(key)
         data = source.get_bytes(key)
+        if source_etag is not None and source_etag != info.etag:
+            raise StorageError(f"{key} in bucket {source.bucket} changed during the copy")
         if metadata is None:
             content_type, metadata = info.content_type, info.metadata
         with self._lock:

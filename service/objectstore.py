@@ -136,6 +136,7 @@ class ObjectStore(ABC):
         multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
+        source_etag: str | None = None,
     ) -> str:
         """Copy `source`'s object `key` (of `size` bytes) to the same key here, server-side.
 
@@ -143,7 +144,9 @@ class ObjectStore(ABC):
         source's type and metadata are copied as they are; with it they are
         replaced by `content_type` and `metadata`. From `multipart_threshold`
         bytes on, the copy goes part by part (UploadPartCopy); a failed or
-        cancelled multipart copy is aborted. Returns the new object's ETag.
+        cancelled multipart copy is aborted. With `source_etag` the copy fails
+        (StorageError) if the source no longer has that ETag. Returns the new
+        object's ETag.
         """
 
     @abstractmethod

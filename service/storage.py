@@ -90,7 +90,7 @@ def _translate(exc: Exception, action: str, bucket: str, key: str = "") -> Stora
     )
 
 
-def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 16):
+def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72):
     """A client using only the binding's credentials, region and endpoint (no AWS_* env)."""
     session = boto3.session.Session(
         aws_access_key_id=binding.access_key_id,
@@ -244,11 +244,14 @@ class S3ObjectStore(ObjectStore):
         multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
+        source_etag: str | None = None,
     ) -> str:
         copy_source = {"Bucket": source.bucket, "Key": key}
         extra = {}
         if metadata is not None:
             extra = {"MetadataDirective": "REPLACE", **_attributes(content_type or _DEFAULT_TYPE, metadata)}
+        if source_etag:
+            extra["CopySourceIfMatch"] = f'"{source_etag}"'
         if size < multipart_threshold:
             r = self._call("COPY", key, self.client.copy_object, Key=key, CopySource=copy_source, **extra)
             return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
@@ -259,12 +262,15 @@ class S3ObjectStore(ObjectStore):
                         cancelled: Callable[[], bool] | None) -> None:
         """s3transfer's managed copy (UploadPartCopy, parts in parallel), which aborts
         its upload on failure; a cancel is polled here and cancels the transfer."""
-        # The managed copy does not carry the source's type and metadata into a
-        # multipart copy, so they are always given explicitly.
-        if "Metadata" not in extra:
-            info = self._call("HEAD", key, self.client.head_object, **{"Bucket": copy_source["Bucket"], "Key": key})
-            extra = _attributes(info.get("ContentType") or _DEFAULT_TYPE, info.get("Metadata") or {})
-        extra = {k: v for k, v in extra.items() if k != "MetadataDirective"}
+        # Older s3transfer releases do not carry the source's type and metadata
+        # into a multipart copy, so they are always given explicitly.
+        if "MetadataDirective" not in extra:
+            try:
+                info = self.client.head_object(**copy_source)
+            except (ClientError, BotoCoreError) as exc:
+                raise _translate(exc, "HEAD", copy_source["Bucket"], key) from exc
+            extra = {**extra, "MetadataDirective": "REPLACE",
+                     **_attributes(info.get("ContentType") or _DEFAULT_TYPE, info.get("Metadata") or {})}
         config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(part_size, MIN_PART_SIZE),
                                 max_concurrency=4)
         done = threading.Event()
@@ -280,10 +286,10 @@ class S3ObjectStore(ObjectStore):
                 future.result()
             except (ClientError, BotoCoreError) as exc:
                 raise _translate(exc, "COPY", self.bucket, key) from exc
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - s3transfer's own errors, translated
                 if cancelled is not None and cancelled():
                     raise JobAbortedError("the copy was cancelled") from exc
-                raise
+                raise _translate(exc, "COPY", self.bucket, key) from exc
         finally:
             manager.shutdown()
 

@@ -1,9 +1,297 @@
-"""media_sync: fac-private-s3 -> backups (and back for restores)."""
+"""media_sync: fac-private-s3 -> backups (and backups -> fac-private-s3 for restores).
+
+How a run decides, object by object (see `plan_object`):
+
+- Both buckets are listed at once, each in key order and page by page, and the
+  two listings are merged like sorted files: memory holds a few pages and a
+  bounded queue of work, never the whole bucket. `backups/` is skipped in both
+  listings (it holds the dumps): the sync never reads from it nor writes into it.
+- A key missing in the destination, or of another size, is copied.
+- Same size and same ETag: the same bytes, skipped. Never decided by timestamp.
+- Same size, different ETag: ETags of multipart uploads and copies ("...-N")
+  are not an MD5 of the bytes, so they differ for equal content. Whenever we
+  write an object whose ETag may differ from its source's, we record the
+  source's ETag in its metadata (`fac-source-etag`). Such a pair is checked
+  with HEAD requests: equal when either object's recorded ETag is the other's
+  ETag; otherwise it is copied.
+- Keys only in the destination are left alone: the sync never deletes.
+
+Copies are server-side (CopyObject, or UploadPartCopy from
+`multipart_threshold` bytes on) when the source binding's credentials reach the
+destination bucket (cloud.gov's `additional_buckets`); otherwise each object
+is streamed from one client into the other, never touching local disk. A failed
+object is recorded and the others go on; the step then fails naming the keys.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service import layout
+from service.commands import CancelScope
+from service.errors import ServiceError, SyncError
+from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
+
+SOURCE_ETAG = "fac-source-etag"  # user metadata: the ETag of the object we copied from
+COPY, SKIP, CHECK = "copy", "skip", "check"
+LISTING_QUEUE = 2000  # listed objects held per bucket ahead of the merge (two pages)
+MAX_NAMED_FAILURES = 20
+
+
+def list_media(store: ObjectStore) -> Iterator[ObjectInfo]:
+    """Every media object of `store` in key order; nothing under `backups/`."""
+    for start_after, stop_before in layout.MEDIA_KEY_RANGES:
+        for info in store.list_objects(start_after=start_after):
+            if stop_before is not None and info.key >= stop_before:
+                break
+            if layout.is_media_key(info.key):
+                yield info
+
+
+def merge_listings(
+    source: Iterator[ObjectInfo], dest: Iterator[ObjectInfo]
+) -> Iterator[tuple[str, ObjectInfo | None, ObjectInfo | None]]:
+    """Walk two key-ordered listings together: (key, source or None, dest or None)."""
+    src, dst = next(source, None), next(dest, None)
+    while src is not None or dst is not None:
+        if dst is None or (src is not None and src.key < dst.key):
+            yield src.key, src, None
+            src = next(source, None)
+        elif src is None or dst.key < src.key:
+            yield dst.key, None, dst
+            dst = next(dest, None)
+        else:
+            yield src.key, src, dst
+            src, dst = next(source, None), next(dest, None)
+
+
+def plan_object(src: ObjectInfo | None, dst: ObjectInfo | None) -> str:
+    """COPY, SKIP or CHECK (compare recorded ETags with HEAD) for one key of the merge."""
+    if src is None:
+        return SKIP  # only in the destination: never deleted
+    if dst is None or src.size != dst.size:
+        return COPY
+    if src.etag and src.etag == dst.etag:
+        return SKIP
+    return CHECK
+
+
+def same_content(src: ObjectInfo, dst: ObjectInfo) -> bool:
+    """Equal size and an ETag that one side recorded of the other (HEAD results)."""
+    if src.size != dst.size:
+        return False
+    if src.etag and src.etag == dst.etag:
+        return True
+    src_seen, dst_seen = src.metadata.get(SOURCE_ETAG), dst.metadata.get(SOURCE_ETAG)
+    return bool(dst_seen == src.etag or src_seen == dst.etag or (src_seen and src_seen == dst_seen))
+
+
+def is_multipart_etag(etag: str) -> bool:
+    """ETags of multipart uploads end in '-<parts>' and are not an MD5 of the bytes."""
+    return "-" in etag
+
+
+@dataclass
+class SyncReport:
+    """What one sync did; `figures()` is the step's result."""
+
+    source: str
+    dest: str
+    mode: str
+    copied: int = 0
+    copied_bytes: int = 0
+    skipped: int = 0
+    skipped_bytes: int = 0
+    checked: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    failed_bytes: int = 0
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, outcome: str, size: int, key: str = "", error: str = "") -> None:
+        with self.lock:
+            if outcome == COPY:
+                self.copied, self.copied_bytes = self.copied + 1, self.copied_bytes + size
+            elif outcome == SKIP:
+                self.skipped, self.skipped_bytes = self.skipped + 1, self.skipped_bytes + size
+            else:
+                self.failures[key] = error
+                self.failed_bytes += size
+
+    def figures(self) -> dict:
+        return {"source": self.source, "dest": self.dest, "mode": self.mode, "copied": self.copied,
+                "copied_bytes": self.copied_bytes, "skipped": self.skipped, "skipped_bytes": self.skipped_bytes,
+                "checked": self.checked, "failed": len(self.failures), "failed_bytes": self.failed_bytes,
+                "seconds": self.seconds}
+
+
+def _prefetch(items: Iterator[ObjectInfo], stop: threading.Event) -> Iterator[ObjectInfo]:
+    """Run a listing in a thread, a bounded queue ahead of its consumer."""
+    ahead: queue.Queue = queue.Queue(maxsize=LISTING_QUEUE)
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            ahead.put(exc)
+
+    threading.Thread(target=produce, daemon=True, name="sync-list").start()
+    while True:
+        item = ahead.get()
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class _Copier:
+    """Copies one object, server-side when `server` is set, else by streaming."""
+
+    def __init__(self, source: ObjectStore, dest: ObjectStore, server: ObjectStore | None,
+                 multipart_threshold: int, part_size: int, cancelled: Callable[[], bool]) -> None:
+        self.source, self.dest, self.server = source, dest, server
+        self.threshold, self.part_size, self.cancelled = multipart_threshold, part_size, cancelled
+
+    def copy(self, src: ObjectInfo) -> None:
+        if self.server is None:
+            self._stream(src.key)
+            return
+        if not is_multipart_etag(src.etag) and src.size < self.threshold:
+            etag = self.server.copy_from(self.source, src.key, size=src.size, cancelled=self.cancelled)
+            if not etag or etag == src.etag:
+                return
+        # The new ETag will not (or did not) equal the source's: record the source's.
+        info = self.source.head(src.key)
+        self.server.copy_from(
+            self.source, src.key, size=info.size, content_type=info.content_type,
+            metadata={**info.metadata, SOURCE_ETAG: info.etag}, source_etag=info.etag,
+            multipart_threshold=self.threshold, part_size=self.part_size, cancelled=self.cancelled)
+
+    def _stream(self, key: str) -> None:
+        info, body = self.source.open_object(key)
+        try:
+            self.dest.upload_stream(key, body, part_size=self.part_size, cancelled=self.cancelled,
+                                    content_type=info.content_type,
+                                    metadata={**info.metadata, SOURCE_ETAG: info.etag})
+        finally:
+            body.close()
+
+
+def sync_bucket(
+    source: ObjectStore,
+    dest: ObjectStore,
+    *,
+    concurrency: int = 16,
+    multipart_threshold: int = MAX_COPY_OBJECT_SIZE,
+    part_size: int = 8 * 1024 * 1024,
+    scope: CancelScope | None = None,
+    log=None,
+) -> SyncReport:
+    """Copy every media object of `source` missing in or different from `dest`.
+
+    Raises SyncError naming the keys that failed, after every other object was
+    handled, and JobAbortedError when `scope` is cancelled (checked between objects).
+    """
+    scope = scope or CancelScope()
+    server = source.copier_for(dest)
+    copier = _Copier(source, dest, server, multipart_threshold, part_size, lambda: scope.cancelled)
+    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed")
+    started = time.monotonic()
+    if log is not None:
+        log.info("media_sync.started", source=source.bucket, dest=dest.bucket, mode=report.mode,
+                 concurrency=concurrency)
+    slots = threading.BoundedSemaphore(concurrency * 2)  # queued + running work, whatever the bucket size
+    stop = threading.Event()
+
+    def work(action: str, src: ObjectInfo, dst: ObjectInfo | None) -> None:
+        try:
+            if scope.cancelled:
+                return
+            if action == CHECK:
+                with report.lock:
+                    report.checked += 1
+                if same_content(src, dest.head(src.key)) or same_content(source.head(src.key), dst):
+                    report.add(SKIP, src.size)
+                    return
+            copier.copy(src)
+            report.add(COPY, src.size)
+        except ServiceError as exc:
+            if not scope.cancelled:
+                report.add("failed", src.size, src.key, exc.message)
+                if log is not None:
+                    log.error("media_sync.object_failed", key=src.key, error=exc.message, detail=exc.detail)
+        except Exception as exc:  # noqa: BLE001 - one object's fault must not stop the rest
+            report.add("failed", src.size, src.key, f"{type(exc).__name__}: {exc}")
+            if log is not None:
+                log.exception("media_sync.object_failed", key=src.key)
+        finally:
+            slots.release()
+
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
+            merged = merge_listings(_prefetch(list_media(source), stop), _prefetch(list_media(dest), stop))
+            for _key, src, dst in merged:
+                if scope.cancelled:
+                    break
+                action = plan_object(src, dst)
+                if src is None:
+                    continue
+                if action == SKIP:
+                    report.add(SKIP, src.size)
+                    continue
+                slots.acquire()
+                pool.submit(work, action, src, dst)
+    finally:
+        stop.set()
+        report.seconds = round(time.monotonic() - started, 3)
+    scope.check()
+    if log is not None:
+        log.info("media_sync.finished", **report.figures())
+    return report
+
+
+def _run(ctx, source: ObjectStore, dest: ObjectStore) -> dict:
+    """The step: sync, log the figures, fail after the fact for failed objects."""
+    settings = ctx.config.settings
+    report = sync_bucket(source, dest, concurrency=settings.sync_concurrency, part_size=settings.min_part_size,
+                         scope=ctx.scope, log=ctx.log)
+    figures = report.figures()
+    if report.failures:
+        ctx.figures_on_failure = figures
+        keys = sorted(report.failures)
+        named = "\n".join(f"{k}: {report.failures[k]}" for k in keys[:MAX_NAMED_FAILURES])
+        more = len(keys) - MAX_NAMED_FAILURES
+        raise SyncError(
+            f"{len(keys)} object(s) could not be copied from s3://{source.bucket} to s3://{dest.bucket}: "
+            + ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else ""),
+            detail=named + (f"\n... and {more} more (see media_sync.object_failed events)" if more > 0 else ""),
+            hint=f"the other {report.copied + report.skipped} object(s) are in place; "
+            "run media_sync again to retry the failed ones",
+        )
+    return figures
+
 
 def sync_media(ctx) -> dict:
-    """Placeholder until the media sync lands: logs that nothing was copied."""
-    ctx.log.warning("media_sync.not_implemented")
-    return {"copied": 0}
+    """Step `media_sync`: copy new and changed media from fac-private-s3 into the backups bucket."""
+    return _run(ctx, ctx.media_store(), ctx.backups_store())
+
+
+def sync_media_back(ctx) -> dict:
+    """Step `media_restore`: copy media from the backups bucket back into fac-private-s3."""
+    return _run(ctx, ctx.backups_store(), ctx.media_store())
