@@ -34,7 +34,7 @@ from service.errors import BackupNotFoundError, IntegrityError, ServiceError
 from service.log import get_logger
 from service.metrics import Metrics
 from service.runner import Runner
-from service.scheduler import JobScheduler, needs_catch_up, parse_schedules
+from service.scheduler import JobScheduler, follow_up, needs_catch_up, parse_schedules
 from service.storage import S3ObjectStore
 
 STOP_WAIT_SECONDS = 7.0  # of cloud.gov's 10: leaves room to close sockets and flush logs
@@ -150,7 +150,10 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
 
     def fire(job: str) -> None:
         metrics.set_next_runs(scheduler.next_runs())
-        runner.run(job, trigger="scheduler")
+        result = runner.run(job, trigger="scheduler")
+        chained = follow_up(job, result.outcome if result is not None else "", settings)
+        if chained is not None:
+            runner.run(chained[0], options=chained[1], trigger="scheduler")
 
     scheduler = JobScheduler(settings.timezone, fire, runner.record_skip)
     for job, trigger in triggers.items():

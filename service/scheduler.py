@@ -91,7 +91,8 @@ def parse_schedules(settings) -> dict[str, CronTrigger]:
     """job name -> trigger for every enabled schedule; one ConfigError listing every bad one."""
     wanted = {"scheduled_backup": ("SCHEDULED_CRON", settings.scheduled_cron),
               "daily_backup": ("DAILY_CRON", settings.daily_cron),
-              "check_tables": ("CHECK_CRON", settings.check_cron)}
+              "check_tables": ("CHECK_CRON", settings.check_cron),
+              "verify_backup": ("VERIFY_CRON", settings.verify_cron)}
     triggers, problems = {}, []
     for job, (variable, expr) in wanted.items():
         if expr.strip().lower() == OFF:
@@ -104,6 +105,17 @@ def parse_schedules(settings) -> dict[str, CronTrigger]:
         raise ConfigError("the schedule is invalid; nothing was started", detail="\n".join(problems),
                           hint="fix the cron expression(s) or set the variable to 'off'")
     return triggers
+
+
+def follow_up(job: str, outcome: str, settings) -> tuple[str, dict] | None:
+    """The run a finished scheduled run calls for, as (job, options), or None.
+
+    prune_backups --apply follows a successful daily_backup, and only a successful
+    one: a failing system must not eat its own history.
+    """
+    if job == "daily_backup" and outcome == "success" and settings.prune_after_daily:
+        return "prune_backups", {"apply": True}
+    return None
 
 
 def needs_catch_up(trigger: CronTrigger, newest_started: datetime | None, now: datetime) -> bool:
