@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -148,3 +149,19 @@ def test_an_interrupted_prune_never_leaves_a_backup_that_looks_complete(history,
     assert {f"daily-{d:02d}" for d in range(14)} <= ids
     assert not ids & ({f"daily-{d:02d}" for d in range(14, 17)} | {"daily-leftover"})
     assert_nothing_looks_complete_but_is_not(store)
+
+
+def test_the_cli_dry_runs_by_default_and_deletes_with_apply(sandbox):
+    """`run prune_backups` lists what it would delete and exits 0; `--apply` deletes exactly that."""
+    store = sandbox.store()
+    now = datetime.now(sandbox.config().settings.timezone)
+    for day in range(16):
+        put_backup(store, f"daily-{day:02d}", now - timedelta(days=day, hours=1))
+    dry = sandbox.cli("run", "prune_backups")
+    assert dry.returncode == 0, dry.stderr
+    would = [json.loads(line) for line in dry.stdout.splitlines() if '"prune.would_delete"' in line]
+    assert sorted(e["backup_id"] for e in would) == ["daily-14", "daily-15"]
+    assert len(catalog.list_backups(store)) == 16
+    applied = sandbox.cli("run", "prune_backups", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert {s.id for s in catalog.list_backups(store)} == {f"daily-{d:02d}" for d in range(14)}
