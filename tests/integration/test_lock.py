@@ -20,6 +20,15 @@ from service.runner import Runner
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def forget_failures():
+    """These tests fail and abort runs on purpose: leave no memory of them to later tests."""
+    yield
+    from service import notify
+
+    notify.forget_outcomes()
+
+
 @pytest.fixture
 def other_holder(sandbox):
     """A second session on fac-db that holds the service lock, as another container would."""
