@@ -14,9 +14,9 @@ memory tells prune_backups whether the last backup run failed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -28,11 +28,13 @@ TIMEOUT_SECONDS = 3.0  # short: an aborted run reports inside cloud.gov's 10-sec
 SERVICE_NAME = "fac-backup"
 
 _lock = threading.Lock()
-_last: dict[str, tuple[str, float]] = {}  # job -> (outcome, unix time), this process only
+_last: dict[str, tuple[str, int]] = {}  # job -> (outcome, order of recording), this process only
+_order = itertools.count(1)
 
 
-def last_outcomes() -> dict[str, tuple[str, float]]:
-    """job -> (outcome, unix time) of the last run of each job in this process (skips excluded)."""
+def last_outcomes() -> dict[str, tuple[str, int]]:
+    """job -> (outcome, n) of the last run of each job in this process (skips excluded);
+    a larger n was recorded later."""
     with _lock:
         return dict(_last)
 
@@ -46,9 +48,9 @@ def forget_outcomes() -> None:
 def remember(job: str, outcome: str) -> str | None:
     """Record `outcome` for `job`; return the outcome it replaces (None: first run)."""
     with _lock:
-        previous = _last.get(job, (None, 0.0))[0]
+        previous = _last.get(job, (None, 0))[0]
         if outcome != "skipped":  # a run that never happened says nothing about the job's health
-            _last[job] = (outcome, time.time())
+            _last[job] = (outcome, next(_order))
     return previous
 
 

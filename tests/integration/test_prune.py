@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from service import catalog, layout
+from service import catalog, layout, notify
 from service.errors import SafetyError, StorageError
 from service.storage import S3ObjectStore
 
@@ -49,6 +49,14 @@ def assert_nothing_looks_complete_but_is_not(store) -> None:
         if summary.manifest is not None:
             m = summary.manifest
             assert {t.key for t in m.tables} | {m.schema["key"]} <= present, m.id
+
+
+@pytest.fixture(autouse=True)
+def fresh_outcomes():
+    """Prune consults this process's memory of run outcomes: start each test without one."""
+    notify.forget_outcomes()
+    yield
+    notify.forget_outcomes()
 
 
 @pytest.fixture
@@ -120,6 +128,19 @@ def test_prune_refuses_when_the_newest_complete_backup_is_stale(history):
     result = box.run("prune_backups", options={"apply": True}, clock=lambda: clock() + timedelta(days=3))
     assert result.outcome == "failure" and "seem to be failing" in result.error.message
     assert keys(store) == before
+
+
+def test_prune_refuses_after_a_failed_backup_run_in_this_process(history):
+    """When the newest backup run this process saw failed, prune refuses even if the bucket looks fine."""
+    box, store, clock = history
+    notify.remember("scheduled_backup", "success")
+    notify.remember("daily_backup", "failure")
+    before = keys(store)
+    result = box.run("prune_backups", options={"apply": True}, clock=clock)
+    assert result.outcome == "failure" and "last daily_backup run in this process failed" in result.error.message
+    assert keys(store) == before
+    notify.remember("daily_backup", "success")
+    assert box.run("prune_backups", options={"apply": True}, clock=clock).outcome == "success"
 
 
 class FailingStore(S3ObjectStore):
