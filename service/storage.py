@@ -90,7 +90,7 @@ def _translate(exc: Exception, action: str, bucket: str, key: str = "") -> Stora
     )
 
 
-def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72):
+def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, max_attempts: int = 5):
     """A client using only the binding's credentials, region and endpoint (no AWS_* env)."""
     session = boto3.session.Session(
         aws_access_key_id=binding.access_key_id,
@@ -98,7 +98,7 @@ def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72):
         region_name=binding.region,
     )
     config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         connect_timeout=10,
         read_timeout=120,
@@ -246,6 +246,8 @@ class S3ObjectStore(ObjectStore):
         cancelled: Callable[[], bool] | None = None,
         source_etag: str | None = None,
     ) -> str:
+        if cancelled is not None and cancelled():
+            raise JobAbortedError("the copy was cancelled")
         copy_source = {"Bucket": source.bucket, "Key": key}
         extra = {}
         if metadata is not None:
@@ -278,10 +280,11 @@ class S3ObjectStore(ObjectStore):
         try:
             future = manager.copy(copy_source, self.bucket, key, extra_args=extra,
                                   subscribers=[_DoneSubscriber(done)])
-            while not done.wait(0.2):
+            while not done.is_set():
                 if cancelled is not None and cancelled():
                     future.cancel()
                     break
+                done.wait(0.2)
             try:
                 future.result()
             except (ClientError, BotoCoreError) as exc:
