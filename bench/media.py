@@ -13,7 +13,10 @@ rewritten objects byte for byte.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,11 +52,22 @@ def write_objects(store: S3ObjectStore, sizes: dict[str, int], seed: int) -> Non
         list(pool.map(put, sizes))
 
 
+def start_s3_server() -> tuple[subprocess.Popen, LocalS3]:
+    """LocalS3 in a child process, so that neither client shares the server's interpreter
+    (the AWS CLI is a process of its own; ours would otherwise compete with moto for one GIL)."""
+    code = ("import sys; from service.sandbox import LocalS3; s = LocalS3().start(); "
+            "print(s.endpoint_url, flush=True); sys.stdin.read(); s.stop()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).resolve().parent.parent)
+    s3 = LocalS3()
+    s3.endpoint_url = child.stdout.readline().strip()
+    if not s3.endpoint_url:
+        raise RuntimeError("the moto server did not start")
+    return child, s3
+
+
 def time_aws(s3: LocalS3, src: str, dst: str) -> float:
     """Seconds of one `aws s3 sync` (a child process, credentials in its environment)."""
-    import os
-    import sys
-
     aws = str(Path(sys.executable).parent / "aws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-gov-west-1")
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     args, _unknown = parser.parse_known_args(argv or [])
-    s3 = LocalS3().start()
+    child, s3 = start_s3_server()
     try:
         src, dst_aws, dst_ours = s3.create_bucket(), s3.create_bucket(), s3.create_bucket()
         sizes = make_objects(args.objects)
@@ -115,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                               else f"{len(problems)} problem(s): " + "; ".join(problems[:10])))
         return 0 if ok and not problems else 1
     finally:
-        s3.stop()
+        child.stdin.close()
+        child.wait(timeout=30)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

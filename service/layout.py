@@ -71,12 +71,9 @@ def is_media_key(key: str) -> bool:
     return not key.startswith(BACKUPS_PREFIX)
 
 
-# The media sync lists a bucket as two key ranges, (start_after, stop_before), so
-# that it never pages through the dumps: every backup id starts with a letter or
-# digit, so every dump key sorts between the two ranges ('~' follows them in
-# ASCII). Keys in the second range that still begin with `backups/` are filtered
-# out by `is_media_key`; a media key such as `backups0` sorts after `backups/~`.
-MEDIA_KEY_RANGES: tuple[tuple[str, str | None], ...] = (
-    ("", BACKUPS_PREFIX),
-    (BACKUPS_PREFIX + "~", None),
-)
+# Where the media sync resumes a listing once it meets the first key under
+# `backups/`, so that it never pages through the dumps: backup ids start with a
+# letter or digit, and '~' sorts after those in ASCII. Anything in the resumed
+# listing still under `backups/` is filtered by `is_media_key`; a media key such
+# as `backups0` sorts after this marker and is kept.
+BACKUPS_SKIP_AFTER = BACKUPS_PREFIX + "~"

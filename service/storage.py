@@ -90,13 +90,22 @@ def _translate(exc: Exception, action: str, bucket: str, key: str = "") -> Stora
     )
 
 
+_session = None
+_session_lock = threading.Lock()
+
+
+def _shared_session_unlocked():
+    """One boto3 session for the process (call with `_session_lock` held): it loads
+    the S3 model once (a few hundred ms per session), while every client still gets
+    its own binding's credentials."""
+    global _session
+    if _session is None:
+        _session = boto3.session.Session()
+    return _session
+
+
 def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, max_attempts: int = 5):
     """A client using only the binding's credentials, region and endpoint (no AWS_* env)."""
-    session = boto3.session.Session(
-        aws_access_key_id=binding.access_key_id,
-        aws_secret_access_key=binding.secret_access_key,
-        region_name=binding.region,
-    )
     config = BotoConfig(
         retries={"mode": "standard", "max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
@@ -104,7 +113,10 @@ def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, m
         read_timeout=120,
         ignore_configured_endpoint_urls=True,
     )
-    return session.client("s3", endpoint_url=binding.endpoint_url, config=config)
+    with _session_lock:  # creating clients from one session is not thread-safe
+        return _shared_session_unlocked().client(
+            "s3", endpoint_url=binding.endpoint_url, config=config, region_name=binding.region,
+            aws_access_key_id=binding.access_key_id, aws_secret_access_key=binding.secret_access_key)
 
 
 class S3ObjectStore(ObjectStore):

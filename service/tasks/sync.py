@@ -45,12 +45,15 @@ MAX_NAMED_FAILURES = 20
 
 def list_media(store: ObjectStore) -> Iterator[ObjectInfo]:
     """Every media object of `store` in key order; nothing under `backups/`."""
-    for start_after, stop_before in layout.MEDIA_KEY_RANGES:
-        for info in store.list_objects(start_after=start_after):
-            if stop_before is not None and info.key >= stop_before:
-                break
-            if layout.is_media_key(info.key):
-                yield info
+    for info in store.list_objects():
+        if layout.is_media_key(info.key):
+            yield info
+            continue
+        # The first dump: jump over the whole prefix instead of paging through it.
+        for later in store.list_objects(start_after=layout.BACKUPS_SKIP_AFTER):
+            if layout.is_media_key(later.key):
+                yield later
+        return
 
 
 def merge_listings(
