@@ -22,7 +22,7 @@ import time
 
 from service import layout
 from service.database import connect, list_user_tables, translated_errors
-from service.errors import RestoreError
+from service.errors import JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
 from service.loader import Session, build_count_check_sql, build_reset_sql, load_archive, quote_ident
 from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path, build_psql_command
@@ -114,11 +114,10 @@ def _load_object(ctx, session, reader: ObjectReader, argv, env, expect: tuple[in
     """One archive through pg_restore into the session; then its stream must match the manifest."""
     try:
         load_archive(session, reader, argv, env, scope=ctx.scope)
-    except RestoreError:
+    except (RestoreError, JobAbortedError):
         raise
-    except Exception as exc:
-        detail = getattr(exc, "detail", "") or str(exc)
-        raise RestoreError(f"restoring {what} failed: {getattr(exc, 'message', exc)}", detail=detail,
+    except ServiceError as exc:  # pg_restore failed, or the download did: say which object
+        raise RestoreError(f"restoring {what} failed: {exc.message}", detail=exc.detail,
                            hint="nothing was committed; the target is as it was before the restore") from exc
     finally:
         reader.close()

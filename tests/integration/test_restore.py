@@ -6,6 +6,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from service import catalog, layout
 from service.finder import find_backup
+from service.sandbox import find_pg_program
 from service.tasks import restore
 
 CONFIRM = {"confirm": "fac-db"}
@@ -339,3 +341,27 @@ def test_typed_forms_resolve(sample_db, typed):
     backup_id = take_backup(sample_db)
     stamp = backup_id[len("on-demand-"):]
     assert find_backup(sample_db.store(), typed.format(stamp=stamp)).id == backup_id
+
+
+def test_producer_dying_halfway_is_never_committed(sample_db, tmp_path):
+    """A pg_restore that stops halfway with status 1, its output ending cleanly, never leads to COMMIT."""
+    backup_id = take_backup(sample_db)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for program in ("pg_dump", "psql"):
+        (bindir / program).symlink_to(shutil.which(program) or find_pg_program(program))
+    real = shutil.which("pg_restore") or find_pg_program("pg_restore")
+    fake = bindir / "pg_restore"
+    # Data passes print their first 40 lines (ending inside a COPY, at a row boundary) and fail.
+    fake.write_text(f'#!/bin/sh\ncase " $* " in *" --data-only "*) "{real}" "$@" | head -n 40; exit 1;; esac\n'
+                    f'exec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    with sample_db.connect() as conn:
+        break_database(conn)
+        before = database_state_tables(conn)
+    sample_db.config(FAC_BACKUP_PG_BIN=str(bindir))
+    result = sample_db.run("s3_restore", backup_id, options=CONFIRM)
+    assert result.outcome == "failure"
+    assert "pg_restore exited with status 1" in result.error.message
+    with sample_db.connect() as conn:
+        assert database_state_tables(conn) == before
