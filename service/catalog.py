@@ -85,6 +85,7 @@ class BackupSummary:
     tables: int = 0
     bytes: int = 0
     manifest: Manifest | None = None
+    legacy: bool = False  # written by the old tool: dumps only, no manifest, no schema.dump
 
 
 def write_manifest(store: ObjectStore, manifest: Manifest) -> None:
@@ -111,7 +112,9 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
         rest = obj.key[len(layout.BACKUPS_PREFIX):]
         if "/" not in rest:
             continue
-        backup_id = rest.split("/", 1)[0]
+        parts = rest.split("/")
+        # The old tool also wrote `backups/<operation>/<stamp>/<dump>`; our ids never hold a '/'.
+        backup_id = "/".join(parts[:2]) if len(parts) == 3 and layout.is_dump_key(obj.key) else parts[0]
         by_id.setdefault(backup_id, []).append(obj)
     summaries = []
     for backup_id, objects in by_id.items():
@@ -128,10 +131,11 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
                 continue
         dumps = [o for o in objects if layout.is_dump_key(o.key)]
         started = min((o.last_modified for o in objects if o.last_modified), default=None)
+        legacy = bool(dumps) and not any(o.key.endswith("/" + layout.SCHEMA_NAME) for o in objects)
         summaries.append(
             BackupSummary(
                 backup_id, False, "", started.isoformat() if started else "", "",
-                len(dumps), sum(o.size for o in objects),
+                len(dumps), sum(o.size for o in objects), legacy=legacy,
             )
         )
     return sorted(summaries, key=lambda s: (s.started_at or "", s.id))
@@ -148,6 +152,15 @@ def allocate_backup_id(store: ObjectStore, base_id: str) -> str:
             return candidate
         n += 1
         candidate = f"{base_id}-{n}"
+
+
+def find_backup(store: ObjectStore, typed: str):
+    """The backup an operator means by `typed`: the newest of an id's yearly repeats and `-N`
+    siblings, or a legacy prefix; BackupNotFoundError listing the nearest complete backups.
+    Implemented in service.finder (a FoundBackup)."""
+    from service.finder import find_backup as resolve  # finder builds on this module
+
+    return resolve(store, typed)
 
 
 def now_iso(tz) -> str:

@@ -117,12 +117,13 @@ def cmd_list(ns) -> int:
     backups = catalog.list_backups(S3ObjectStore(config.backups))
     if ns.json:
         rows = [{"id": b.id, "job": b.job, "started_at": b.started_at, "finished_at": b.finished_at,
-                 "complete": b.complete, "tables": b.tables, "bytes": b.bytes} for b in backups]
+                 "complete": b.complete, "legacy": b.legacy, "tables": b.tables, "bytes": b.bytes}
+                for b in backups]
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'ID':<32} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
     for b in backups:
-        state = "complete" if b.complete else "INCOMPLETE"
+        state = "complete" if b.complete else ("LEGACY" if b.legacy else "INCOMPLETE")
         print(f"{b.id:<32} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} {b.bytes:>14,}")
     return 0
 

@@ -9,16 +9,25 @@ from tests.integration.test_restore import database_state_tables, take_backup
 
 
 def test_list_shows_complete_and_incomplete_backups(sample_db):
-    """A backup with a manifest is complete; a prefix without one is listed as incomplete."""
+    """Complete (manifest), incomplete (ours, no manifest) and legacy (old tool, flat or nested) backups."""
     backup_id = take_backup(sample_db)
-    sample_db.store().put_bytes("backups/daily-06-04/public-x.dump", b"half a backup")
+    store = sample_db.store()
+    store.put_bytes("backups/daily-06-04/schema.dump", b"half a backup")
+    store.put_bytes("backups/daily-06-04/public-x.dump", b"half a backup")
+    store.put_bytes("backups/initial-202401010000/public-x.dump", b"old tool")
+    store.put_bytes("backups/scheduled/06-04-10/public-x.dump", b"old tool")
+    store.put_bytes("backups/scheduled/06-04-10/public-y.dump", b"old tool")
     out = sample_db.cli("list", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["id"]: r for r in json.loads(out.stdout)}
-    assert rows[backup_id]["complete"] and rows[backup_id]["tables"] == 9
-    assert rows["daily-06-04"]["complete"] is False
+    assert rows[backup_id]["complete"] and rows[backup_id]["tables"] == 9 and not rows[backup_id]["legacy"]
+    assert rows["daily-06-04"]["complete"] is False and rows["daily-06-04"]["legacy"] is False
+    assert rows["initial-202401010000"]["legacy"] is True
+    assert rows["scheduled/06-04-10"]["legacy"] is True and rows["scheduled/06-04-10"]["tables"] == 2
     text = sample_db.cli("list")
-    assert backup_id in text.stdout and "INCOMPLETE" in text.stdout
+    assert backup_id in text.stdout and "INCOMPLETE" in text.stdout and "LEGACY" in text.stdout
+    with sample_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM support.cog_over").fetchone()[0] == 30
 
 
 def test_show_prints_tables_rows_bytes_times_and_versions(sample_db):
