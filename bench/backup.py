@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.common import BenchEnv, database_size, mib, open_env, print_table, ratio, run_child, timed
+from bench.common import BenchEnv, database_size, mib, open_env, print_table, ratio, run_job_child, timed
 from service.pgtools import build_table_pattern
 from service.sample_data import load_sample_database
 from service.sandbox import find_pg_program
@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ours_with_snapshot(env: BenchEnv, db: str, snapshot: str) -> tuple[float, int, int]:
+    """Our scheduled_backup in a child: (seconds, peak RSS of that Python process, bytes written)."""
     backups, media = env.s3.create_bucket(), env.s3.create_bucket()
     child_env = env.vcap_env(db=db, snapshot_db=snapshot, media=media, backups=backups)
-    seconds, rss = run_child([sys.executable, "-m", "service", "run", "scheduled_backup"], child_env)
-    return seconds, rss, bucket_bytes(env, backups, "backups/")
+    seconds, summary = run_job_child(["scheduled_backup"], child_env)
+    return seconds, summary["peak_rss_bytes"], bucket_bytes(env, backups, "backups/")
 
 
 if __name__ == "__main__":

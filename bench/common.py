@@ -115,6 +115,25 @@ def run_child(argv: list[str], env: dict) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024
 
 
+def run_job_child(args: list[str], env: dict) -> tuple[float, dict]:
+    """`python -m service run ARGS` in a child; (seconds, its job summary event). Fails loudly.
+
+    The summary carries `peak_rss_bytes`, the Python process's own high-water mark
+    (the PostgreSQL programs it runs are separate processes and not counted).
+    """
+    import json
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "service", "run", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"run {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    summary = next(e for e in reversed(events) if e.get("event") == "job.finished")
+    return seconds, summary
+
+
 def children_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 

@@ -10,6 +10,7 @@ escapes it.
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 import uuid
 from collections.abc import Callable
@@ -286,6 +287,8 @@ def run_job(
             "outcome": outcome,
             "duration_seconds": seconds,
             "trigger": trigger,
+            # The process's own high-water mark (children excluded): memory must stay flat as data grows.
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "steps": [{"step": s.name, "outcome": s.outcome, "seconds": s.seconds,
                        **_summary_figures(s.figures)} for s in steps],
         }
