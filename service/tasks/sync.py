@@ -8,12 +8,14 @@ How a run decides, object by object (see `plan_object`):
   listings (it holds the dumps): the sync never reads from it nor writes into it.
 - A key missing in the destination, or of another size, is copied.
 - Same size and same ETag: the same bytes, skipped. Never decided by timestamp.
-- Same size, different ETag: ETags of multipart uploads and copies ("...-N")
-  are not an MD5 of the bytes, so they differ for equal content. Whenever we
-  write an object whose ETag may differ from its source's, we record the
-  source's ETag in its metadata (`fac-source-etag`). Such a pair is checked
-  with HEAD requests: equal when either object's recorded ETag is the other's
-  ETag; otherwise it is copied.
+- Same size, two different MD5-shaped ETags: different bytes, copied.
+- Same size, different ETags of which one is multipart-shaped ("...-N", not an
+  MD5 of the bytes, so it differs for equal content): whenever we write an
+  object whose ETag may differ from its source's, we record the source's ETag
+  in its metadata (`fac-source-etag`). Such a pair is checked with HEAD
+  requests: equal when either object's recorded ETag is the other's ETag;
+  otherwise it is copied. (Objects encrypted with SSE-KMS have ETags that are
+  not an MD5 either, without the "-N": they would be copied on every run.)
 - Keys only in the destination are left alone: the sync never deletes.
 
 Copies are server-side (CopyObject, or UploadPartCopy from
@@ -81,7 +83,9 @@ def plan_object(src: ObjectInfo | None, dst: ObjectInfo | None) -> str:
         return COPY
     if src.etag and src.etag == dst.etag:
         return SKIP
-    return CHECK
+    if is_multipart_etag(src.etag) or is_multipart_etag(dst.etag):
+        return CHECK
+    return COPY  # two MD5s of the bytes that differ: no need to ask
 
 
 def same_content(src: ObjectInfo, dst: ObjectInfo) -> bool:
@@ -176,10 +180,11 @@ class _Copier:
             self._stream(src.key)
             return
         if not is_multipart_etag(src.etag) and src.size < self.threshold:
-            etag = self.server.copy_from(self.source, src.key, size=src.size, cancelled=self.cancelled)
-            if not etag or etag == src.etag:
-                return
-        # The new ETag will not (or did not) equal the source's: record the source's.
+            # CopyObject keeps the MD5 ETag and the metadata: nothing to record.
+            self.server.copy_from(self.source, src.key, size=src.size, cancelled=self.cancelled)
+            return
+        # The new ETag will not equal the source's: record the source's, and copy
+        # only the version it names.
         info = self.source.head(src.key)
         self.server.copy_from(
             self.source, src.key, size=info.size, content_type=info.content_type,

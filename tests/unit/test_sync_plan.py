@@ -30,12 +30,14 @@ def test_merge_walks_two_sorted_listings_together():
         ("a", True, False), ("b", False, True), ("c", True, True), ("d", True, False)]
 
 
-def test_plan_copies_missing_and_resized_skips_equal_checks_same_size_other_etag():
-    """Missing or resized: copy; same size and ETag: skip; same size, other ETag: check; dest only: skip."""
+def test_plan_copies_missing_resized_and_changed_skips_equal_checks_multipart_etags():
+    """Missing, resized or another MD5: copy; same ETag: skip; a multipart ETag: check; dest only: skip."""
     assert plan_object(info("k"), None) == COPY
     assert plan_object(info("k", 2), info("k", 3)) == COPY
     assert plan_object(info("k", 2, "x"), info("k", 2, "x")) == SKIP
-    assert plan_object(info("k", 2, "x"), info("k", 2, "y")) == CHECK
+    assert plan_object(info("k", 2, "x"), info("k", 2, "y")) == COPY
+    assert plan_object(info("k", 2, "x"), info("k", 2, "y-2")) == CHECK
+    assert plan_object(info("k", 2, "x-3"), info("k", 2, "y")) == CHECK
     assert plan_object(None, info("k")) == SKIP
 
 
