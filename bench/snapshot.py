@@ -56,7 +56,8 @@ def old_method(env: BenchEnv, source: str, target: str) -> None:
     """What the old tool did: per public table, drop it on the target, then pg_dump | psql."""
     for table in public_tables(env, source):
         drop = sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table)).as_string(None)
-        subprocess.run(psql_argv("-c", drop), env=pg_env(env, target), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(psql_argv("-c", drop), env=pg_env(env, target), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         dump = subprocess.Popen([find_pg_program("pg_dump"), "--format", "plain", "--no-owner", "--no-privileges",
                                  "-t", build_table_pattern("public", table)],
                                 env=pg_env(env, source), stdout=subprocess.PIPE)
