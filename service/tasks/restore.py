@@ -24,7 +24,15 @@ from service import layout
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
-from service.loader import Session, build_count_check_sql, build_reset_sql, load_archive, quote_ident
+from service.loader import (
+    LOCK_TIMEOUT,
+    Session,
+    build_count_check_sql,
+    build_reset_sql,
+    load_archive,
+    quote_ident,
+    quote_literal,
+)
 from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path, build_psql_command
 from service.streams import ObjectReader
 from service.tasks.backup import backup_database
@@ -157,9 +165,13 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
                 _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
                              _restore_argv(pg_restore, use_list=listing.name), env, schema_expect,
                              "schema.dump (sequence values)")
+        # Fresh tables have no statistics: the foreign-key checks of post-data would plan blind.
+        session.execute("".join(f"ANALYZE {quote_ident(t.schema)}.{quote_ident(t.table)};\n" for t in tables))
+        ctx.log.info("restore.building_indexes_and_constraints")
         _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
                      _restore_argv(pg_restore, sections=("post-data",)), env, schema_expect,
                      "schema.dump (post-data)")
+        ctx.log.info("restore.checking_row_counts")
     finally:
         for reader in readers:
             reader.close()
@@ -170,6 +182,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
 def _load_legacy(ctx, session: Session, store, found: FoundBackup, pg_restore: str, env: dict) -> int:
     """Each table replaced with its own definition, data and indexes; foreign keys last, once
     every table (and the unique constraint a key points at) exists."""
+    session.execute(f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)};\n")
     with tempfile.TemporaryDirectory(prefix="fac-backup-restore-") as lists:
         foreign_keys = []
         for n, table in enumerate(found.legacy_tables):

@@ -11,8 +11,6 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from service import catalog, layout
 from service.finder import find_backup
 from service.sandbox import find_pg_program
@@ -333,14 +331,6 @@ def test_db_restore_refuses_an_empty_snapshot(sample_db):
     assert result.exit_code == 3 and "no user tables" in result.error.message
     with sample_db.connect() as conn:
         assert database_state(conn) == before
-
-
-@pytest.mark.parametrize("typed", ["on-demand-{stamp}", "backups/on-demand-{stamp}/"])
-def test_typed_forms_resolve(sample_db, typed):
-    """The id as printed by `list`, or as a key prefix, names the same backup."""
-    backup_id = take_backup(sample_db)
-    stamp = backup_id[len("on-demand-"):]
-    assert find_backup(sample_db.store(), typed.format(stamp=stamp)).id == backup_id
 
 
 def test_producer_dying_halfway_is_never_committed(sample_db, tmp_path):

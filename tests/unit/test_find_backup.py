@@ -33,6 +33,7 @@ def test_exact_id_resolves_to_its_manifest(store):
     put_backup(store, "daily-06-04", "2026-06-04T20:00:00-07:00")
     found = find_backup(store, "daily-06-04")
     assert found.id == "daily-06-04" and not found.legacy and found.manifest.tables[0].table == "t"
+    assert find_backup(store, " backups/daily-06-04/ ").id == "daily-06-04"  # pasted as a key prefix
 
 
 def test_yearly_repeat_takes_the_newest(store):
