@@ -6,6 +6,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -353,5 +354,23 @@ def test_producer_dying_halfway_is_never_committed(sample_db, tmp_path):
     result = sample_db.run("s3_restore", backup_id, options=CONFIRM)
     assert result.outcome == "failure"
     assert "pg_restore exited with status 1" in result.error.message
+    with sample_db.connect() as conn:
+        assert database_state_tables(conn) == before
+
+
+def test_row_count_different_from_the_manifest_rolls_back(sample_db):
+    """Loaded rows that differ from the manifest's count fail the restore inside the transaction."""
+    backup_id = take_backup(sample_db)
+    store = sample_db.store()
+    manifest = json.loads(store.get_bytes(layout.manifest_key(backup_id)))
+    entry = next(t for t in manifest["tables"] if t["table"] == "lookup_01")
+    entry["rows"] += 1
+    store.put_bytes(layout.manifest_key(backup_id), json.dumps(manifest).encode())
+    with sample_db.connect() as conn:
+        break_database(conn)
+        before = database_state_tables(conn)
+    result = sample_db.run("s3_restore", backup_id, options=CONFIRM)
+    assert result.outcome == "failure"
+    assert "row count of public.lookup_01 is 75, expected 76" in result.error.detail
     with sample_db.connect() as conn:
         assert database_state_tables(conn) == before
