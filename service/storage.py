@@ -10,7 +10,9 @@ storage name from this one module.
 from __future__ import annotations
 
 import threading
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import BinaryIO
 
 import boto3
@@ -57,6 +59,39 @@ def _info(key: str, r: dict) -> ObjectInfo:
     """An ObjectInfo from a HEAD or GET response."""
     return ObjectInfo(key, int(r["ContentLength"]), r.get("ETag", "").strip('"'), r.get("LastModified"),
                       r.get("ContentType", ""), dict(r.get("Metadata") or {}))
+
+
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def _parse_listing_fast(response_dict: dict, customized_response_dict: dict, **_kwargs) -> None:
+    """Parse the <Contents> of a ListObjectsV2 page with ElementTree.
+
+    botocore's generic XML parser spends about half a millisecond of CPU per
+    listed object, which dominates a sync of a large, unchanged bucket. We take
+    the entries out of the body and hand them over ready-made; botocore parses
+    the rest (truncation, token, encoding) and still URL-decodes the keys.
+    Anything unexpected is left to botocore untouched.
+    """
+    if response_dict.get("status_code", 500) >= 300:
+        return
+    try:
+        root = ElementTree.fromstring(response_dict["body"])
+        entries = root.findall(_S3_NS + "Contents")
+        contents = [
+            {"Key": e.findtext(_S3_NS + "Key") or "", "Size": int(e.findtext(_S3_NS + "Size") or 0),
+             "ETag": e.findtext(_S3_NS + "ETag") or "",
+             "LastModified": datetime.fromisoformat(e.findtext(_S3_NS + "LastModified") or "")}
+            for e in entries
+        ]
+    except (ElementTree.ParseError, ValueError, TypeError):
+        return
+    if not contents:
+        return
+    for entry in entries:
+        root.remove(entry)
+    response_dict["body"] = ElementTree.tostring(root)
+    customized_response_dict["Contents"] = contents
 
 
 class _DoneSubscriber(BaseSubscriber):
@@ -126,6 +161,8 @@ class S3ObjectStore(ObjectStore):
         self.binding = binding
         self.bucket = bucket or binding.bucket
         self.client = client if client is not None else build_s3_client(binding)
+        self.client.meta.events.register("before-parse.s3.ListObjectsV2", _parse_listing_fast,
+                                         unique_id="fac-backup-listing")
 
     def _call(self, action: str, key: str, method, **kwargs):
         try:

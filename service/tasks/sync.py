@@ -1,6 +1,6 @@
 """media_sync: fac-private-s3 -> backups (and backups -> fac-private-s3 for restores).
 
-How a run decides, object by object (see `plan_object`):
+How a run decides, object by object (`sync_plan.plan_object`):
 
 - Both buckets are listed at once, each in key order and page by page, and the
   two listings are merged like sorted files: memory holds a few pages and a
@@ -34,73 +34,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service import layout
 from service.commands import CancelScope
 from service.errors import ServiceError, SyncError
 from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
+from service.tasks.sync_plan import (  # noqa: F401 - re-exported: the sync's vocabulary
+    CHECK,
+    COPY,
+    SKIP,
+    SOURCE_ETAG,
+    is_multipart_etag,
+    list_media,
+    merge_listings,
+    plan_object,
+    same_content,
+)
 
-SOURCE_ETAG = "fac-source-etag"  # user metadata: the ETag of the object we copied from
-COPY, SKIP, CHECK = "copy", "skip", "check"
 LISTING_QUEUE = 2000  # listed objects held per bucket ahead of the merge (two pages)
 MAX_NAMED_FAILURES = 20
-
-
-def list_media(store: ObjectStore) -> Iterator[ObjectInfo]:
-    """Every media object of `store` in key order; nothing under `backups/`."""
-    for info in store.list_objects():
-        if layout.is_media_key(info.key):
-            yield info
-            continue
-        # The first dump: jump over the whole prefix instead of paging through it.
-        for later in store.list_objects(start_after=layout.BACKUPS_SKIP_AFTER):
-            if layout.is_media_key(later.key):
-                yield later
-        return
-
-
-def merge_listings(
-    source: Iterator[ObjectInfo], dest: Iterator[ObjectInfo]
-) -> Iterator[tuple[str, ObjectInfo | None, ObjectInfo | None]]:
-    """Walk two key-ordered listings together: (key, source or None, dest or None)."""
-    src, dst = next(source, None), next(dest, None)
-    while src is not None or dst is not None:
-        if dst is None or (src is not None and src.key < dst.key):
-            yield src.key, src, None
-            src = next(source, None)
-        elif src is None or dst.key < src.key:
-            yield dst.key, None, dst
-            dst = next(dest, None)
-        else:
-            yield src.key, src, dst
-            src, dst = next(source, None), next(dest, None)
-
-
-def plan_object(src: ObjectInfo | None, dst: ObjectInfo | None) -> str:
-    """COPY, SKIP or CHECK (compare recorded ETags with HEAD) for one key of the merge."""
-    if src is None:
-        return SKIP  # only in the destination: never deleted
-    if dst is None or src.size != dst.size:
-        return COPY
-    if src.etag and src.etag == dst.etag:
-        return SKIP
-    if is_multipart_etag(src.etag) or is_multipart_etag(dst.etag):
-        return CHECK
-    return COPY  # two MD5s of the bytes that differ: no need to ask
-
-
-def same_content(src: ObjectInfo, dst: ObjectInfo) -> bool:
-    """Equal size and an ETag that one side recorded of the other (HEAD results)."""
-    if src.size != dst.size:
-        return False
-    if src.etag and src.etag == dst.etag:
-        return True
-    src_seen, dst_seen = src.metadata.get(SOURCE_ETAG), dst.metadata.get(SOURCE_ETAG)
-    return bool(dst_seen == src.etag or src_seen == dst.etag or (src_seen and src_seen == dst_seen))
-
-
-def is_multipart_etag(etag: str) -> bool:
-    """ETags of multipart uploads end in '-<parts>' and are not an MD5 of the bytes."""
-    return "-" in etag
 
 
 @dataclass
@@ -142,20 +92,24 @@ def _prefetch(items: Iterator[ObjectInfo], stop: threading.Event) -> Iterator[Ob
     ahead: queue.Queue = queue.Queue(maxsize=LISTING_QUEUE)
     end = object()
 
+    def offer(item) -> bool:
+        """Queue `item` unless the consumer has gone (then never block forever)."""
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ahead.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            ahead.put(end)
+            offer(end)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            ahead.put(exc)
+            offer(exc)
 
     threading.Thread(target=produce, daemon=True, name="sync-list").start()
     while True:
@@ -213,8 +167,10 @@ def sync_bucket(
 ) -> SyncReport:
     """Copy every media object of `source` missing in or different from `dest`.
 
-    Raises SyncError naming the keys that failed, after every other object was
-    handled, and JobAbortedError when `scope` is cancelled (checked between objects).
+    An object that fails is recorded in the report's `failures` and the others
+    go on (the step turns failures into a SyncError). Raises StorageError when a
+    listing fails, and JobAbortedError when `scope` is cancelled (checked
+    between objects; copies in flight abort their multipart uploads).
     """
     scope = scope or CancelScope()
     server = source.copier_for(dest)

@@ -11,7 +11,7 @@ from service.commands import CancelScope
 from service.errors import JobAbortedError, StorageError
 from service.storage import MemoryObjectStore, ObjectInfo
 from service.tasks import sync
-from service.tasks.sync import CHECK, COPY, SKIP, SOURCE_ETAG, merge_listings, plan_object, same_content
+from service.tasks.sync_plan import CHECK, COPY, SKIP, SOURCE_ETAG, merge_listings, plan_object, same_content
 
 
 def info(key: str, size: int = 1, etag: str = "e", **metadata: str) -> ObjectInfo:
