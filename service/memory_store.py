@@ -75,6 +75,14 @@ class MemoryObjectStore(ObjectStore):
         for key, data in items:
             yield ObjectInfo(key, len(data), _etag(data))
 
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        folders = set(self.list_prefixes(prefix))
+        with self._lock:
+            items = [(k, len(v), _etag(v)) for k, v in self.objects.items()
+                     if k.startswith(prefix) and "/" not in k[len(prefix):]]
+        level: list = [ObjectInfo(k, size, etag) for k, size, etag in items] + sorted(folders)
+        yield from sorted(level, key=lambda item: item if isinstance(item, str) else item.key)
+
     def list_prefixes(self, prefix: str) -> list[str]:
         with self._lock:
             keys = [k for k in self.objects if k.startswith(prefix)]

@@ -154,6 +154,11 @@ class ObjectStore(ABC):
         """The 'folders' directly under `prefix` (delimiter '/'), each ending in '/'."""
 
     @abstractmethod
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        """One level under `prefix` in key order: its objects (ObjectInfo) and its
+        folders (str ending in '/'), each folder standing for every key under it."""
+
+    @abstractmethod
     def delete_objects(self, keys: Iterable[str]) -> None:
         """Delete the given keys; missing keys are not an error."""
 

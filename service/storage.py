@@ -213,6 +213,21 @@ class S3ObjectStore(ObjectStore):
                 return
             token = page["NextContinuationToken"]
 
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        token = None
+        while True:
+            kwargs = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
+            level: list = [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            level += [ObjectInfo(i["Key"], int(i["Size"]), i.get("ETag", "").strip('"'), i.get("LastModified"))
+                      for i in page.get("Contents", [])]
+            yield from sorted(level, key=lambda item: item if isinstance(item, str) else item.key)
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
     def list_prefixes(self, prefix: str) -> list[str]:
         found: list[str] = []
         token = None

@@ -30,10 +30,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service import layout
 from service.commands import CancelScope
 from service.errors import ServiceError, SyncError
 from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
@@ -49,7 +51,8 @@ from service.tasks.sync_plan import (  # noqa: F401 - re-exported: the sync's vo
     same_content,
 )
 
-LISTING_QUEUE = 2000  # listed objects held per bucket ahead of the merge (two pages)
+LISTING_QUEUE = 2000  # listed objects held per listing ahead of its consumer (two pages)
+FOLDERS_AHEAD = 4  # top-level folders listed at once per bucket
 MAX_NAMED_FAILURES = 20
 
 
@@ -87,8 +90,25 @@ class SyncReport:
                 "seconds": self.seconds}
 
 
+def list_media_by_folder(store: ObjectStore, stop: threading.Event) -> Iterator[ObjectInfo]:
+    """`sync_plan.list_media`'s objects, in the same order, faster: the top-level
+    folders are listed in parallel, a few ahead of the consumer (one listing gets
+    one page at a time), and `backups/` is skipped whole."""
+    pending: deque[Iterator[ObjectInfo]] = deque()
+    for item in store.list_level(""):
+        if isinstance(item, str):
+            if layout.is_media_key(item):
+                pending.append(_prefetch(store.list_objects(item), stop))
+        elif layout.is_media_key(item.key):
+            pending.append(iter((item,)))
+        while len(pending) > FOLDERS_AHEAD:
+            yield from pending.popleft()
+    while pending:
+        yield from pending.popleft()
+
+
 def _prefetch(items: Iterator[ObjectInfo], stop: threading.Event) -> Iterator[ObjectInfo]:
-    """Run a listing in a thread, a bounded queue ahead of its consumer."""
+    """Run a listing in a thread (started now), a bounded queue ahead of its consumer."""
     ahead: queue.Queue = queue.Queue(maxsize=LISTING_QUEUE)
     end = object()
 
@@ -111,14 +131,17 @@ def _prefetch(items: Iterator[ObjectInfo], stop: threading.Event) -> Iterator[Ob
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             offer(exc)
 
+    def consume() -> Iterator[ObjectInfo]:
+        while True:
+            item = ahead.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
     threading.Thread(target=produce, daemon=True, name="sync-list").start()
-    while True:
-        item = ahead.get()
-        if item is end:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    return consume()
 
 
 class _Copier:
@@ -209,7 +232,8 @@ def sync_bucket(
 
     try:
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
-            merged = merge_listings(_prefetch(list_media(source), stop), _prefetch(list_media(dest), stop))
+            merged = merge_listings(_prefetch(list_media_by_folder(source, stop), stop),
+                                    _prefetch(list_media_by_folder(dest, stop), stop))
             for _key, src, dst in merged:
                 if scope.cancelled:
                     break

@@ -145,6 +145,16 @@ def test_list_prefixes_and_delete_objects(stores):
     assert [o.key for o in store.list_objects()] == ["backups/b/1", "backups/top"]
 
 
+def test_list_level_gives_objects_and_folders_of_one_level_in_key_order(stores):
+    """list_level interleaves a level's objects and folders ('/'-terminated) in key order."""
+    store = stores.new()
+    for key in ("a/1", "a/2/3", "a.b", "a0", "b", "c d/é", "top/x/y"):
+        store.put_bytes(key, b"12")
+    level = [i if isinstance(i, str) else (i.key, i.size) for i in store.list_level("")]
+    assert level == [("a.b", 2), "a/", ("a0", 2), ("b", 2), "c d/", "top/"]
+    assert [i if isinstance(i, str) else i.key for i in store.list_level("a/")] == ["a/1", "a/2/"]
+
+
 def test_open_object_streams_bytes_with_size_etag_and_metadata(stores):
     """open_object gives the object's attributes and a reader of its bytes."""
     store = stores.new()

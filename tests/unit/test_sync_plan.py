@@ -58,6 +58,18 @@ def test_list_media_skips_the_backups_prefix_only():
     assert [o.key for o in sync.list_media(store)] == ["a.pdf", "backups", "backups0", "backupsz/y", "z"]
 
 
+def test_the_parallel_folder_listing_gives_the_same_objects_in_the_same_order():
+    """Listing top-level folders in parallel changes nothing in what is listed, or its order."""
+    store = MemoryObjectStore()
+    keys = ["a", "a/1", "a/2/3", "a.b", "a0", "backups", "backups/x.dump", "backups0/y", "b/" + "c/" * 9 + "d",
+            *(f"f{i}/k{j}" for i in range(7) for j in range(3)), "é/1", "z"]
+    for key in keys:
+        store.put_bytes(key, b"1")
+    fast = [o.key for o in sync.list_media_by_folder(store, threading.Event())]
+    assert fast == [o.key for o in sync.list_media(store)]
+    assert "backups/x.dump" not in fast and "backups0/y" in fast
+
+
 def test_sync_copies_missing_and_changed_skips_equal_never_deletes():
     """A same-size change is copied; equal objects are skipped; destination-only keys stay."""
     source, dest = buckets()
@@ -141,12 +153,16 @@ class EndlessSource(MemoryObjectStore):
         super().__init__("source", reachable=("dest",))
         self.count, self.listed = count, 0
 
+    def list_level(self, prefix=""):
+        yield from ("a/", "b/")
+
     def list_objects(self, prefix="", *, start_after=""):
-        for i in range(self.count):
-            key = f"k/{i:07d}"
-            if key > start_after and key.startswith(prefix):
-                self.listed += 1
-                yield ObjectInfo(key, 1, "e")
+        for folder in ("a/", "b/"):
+            for i in range(self.count // 2):
+                key = f"{folder}{i:07d}"
+                if key > start_after and key.startswith(prefix):
+                    self.listed += 1
+                    yield ObjectInfo(key, 1, "e")
 
 
 class BlockingDest(MemoryObjectStore):
@@ -181,7 +197,8 @@ def test_memory_is_bounded_whatever_the_object_count():
     while source.listed != before and time.monotonic() < deadline:  # until the listing is held back
         before = source.listed
         settled.wait(0.3)
-    assert source.listed <= sync.LISTING_QUEUE + 4 * 2 + 10
+    # each listing thread holds at most LISTING_QUEUE objects: one per folder and one per bucket
+    assert source.listed <= (sync.FOLDERS_AHEAD + 1) * sync.LISTING_QUEUE + 4 * 2 + 10
     assert dest.peak == 4
     dest.gate.set()
     runner.join(60)
