@@ -72,6 +72,10 @@ JOB_SPECS: tuple[JobSpec, ...] = (
     JobSpec("db_restore", ("db_restore", "media_restore"),
             "replace fac-db with fac-snapshot-db, all or nothing, then media back", "pre-restore",
             protected_target="fac_db"),
+    JobSpec("prune_backups", ("prune_backups",), "apply the retention policy; a dry run unless --apply"),
+    JobSpec("verify_backup", ("verify_backup",),
+            "restore drill: checksums, pg_restore --list, a rolled-back restore into the scratch db",
+            optional_arguments=("BACKUP_ID",), takes_lock=False),
 )
 
 StepFunction = Callable[["JobContext"], dict]
@@ -85,25 +89,11 @@ STEPS: dict[str, StepFunction] = {
     "db_to_db": snapshot.copy_database,
     "s3_restore": restore.restore_from_s3,
     "db_restore": db_restore.restore_from_snapshot,
+    "prune_backups": prune.prune_backups,
+    "verify_backup": drill.verify_backup_step,
 }
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
-
-
-def register_job(spec: JobSpec, steps: dict[str, StepFunction] | None = None) -> None:
-    """Add a job (and the steps it brings) to the registry; used by task modules."""
-    JOBS[spec.name] = spec
-    STEPS.update(steps or {})
-
-
-# The backup lifecycle (README "Retention, drills and notifications").
-register_job(JobSpec("prune_backups", ("prune_backups",),
-                     "apply the retention policy; a dry run unless --apply"),
-             {"prune_backups": prune.prune_backups})
-register_job(JobSpec("verify_backup", ("verify_backup",),
-                     "restore drill: checksums, pg_restore --list, a rolled-back restore into the scratch db",
-                     optional_arguments=("BACKUP_ID",), takes_lock=False),
-             {"verify_backup": drill.verify_backup_step})
 
 
 def get_job(name: str) -> JobSpec:
