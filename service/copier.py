@@ -157,7 +157,7 @@ class StreamGuard:
     def feed(self, chunk: bytes) -> None:
         if len(self._head) < len(BINARY_SIGNATURE):
             self._head += chunk[: len(BINARY_SIGNATURE) - len(self._head)]
-        self._tail = (self._tail + chunk)[-len(BINARY_TRAILER):]
+        self._tail = (self._tail + chunk[-len(BINARY_TRAILER):])[-len(BINARY_TRAILER):]
         self.bytes += len(chunk)
 
     def finish(self, what: str) -> None:
