@@ -183,26 +183,29 @@ def install_fake_programs(box, tmp_path, psql_fault: str | None = None, pg_dump_
     return {"gate": gate}
 
 
-def open_gate(gate) -> None:
-    """Let a gated producer go on, if it still runs (a cancel may have killed it)."""
-    try:
-        fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return
-        raise
+def open_gate(gate, deadline_seconds: float = 30.0) -> None:
+    """Let a gated producer go on, once it waits at the gate (no reader yet: ENXIO)."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     os.write(fd, b"go\n")
     os.close(fd)
 
 
 def loading_backend(box, deadline_seconds: float = 30.0) -> int:
-    """The pid of the target backend while its COPY ... FROM STDIN is in progress."""
+    """The pid of the target backend while the gated table's COPY ... FROM STDIN is in progress."""
     deadline = time.monotonic() + deadline_seconds
     with box.pg.connect() as admin:
         while time.monotonic() < deadline:
             row = admin.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s "
-                "AND state = 'active' AND query LIKE 'COPY %%FROM STDIN%%'",
+                "AND state = 'active' AND query LIKE 'COPY %%dissemination_general%%FROM STDIN%%'",
                 (box.snapshot_db, APPLICATION_NAME)).fetchone()
             if row:
                 return row[0]
