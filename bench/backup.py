@@ -20,10 +20,6 @@ from service.sample_data import load_sample_database
 from service.sandbox import find_pg_program
 
 
-def pg_env(env: BenchEnv, db: str) -> dict:
-    return dict(env.aws_env(), PGHOST=env.pg.host, PGPORT=str(env.pg.port), PGUSER=env.pg.user,
-                PGDATABASE=db, PGPASSWORD=env.pg.password)
-
 
 def public_tables(env: BenchEnv, db: str) -> list[str]:
     with env.pg.connect(db) as conn:
@@ -37,7 +33,7 @@ def old_method(env: BenchEnv, db: str, bucket: str) -> None:
     for table in public_tables(env, db):
         dump = subprocess.Popen([pg_dump, "--format", "c", "--no-owner", "--no-privileges",
                                  "-t", build_table_pattern("public", table)],
-                                env=pg_env(env, db), stdout=subprocess.PIPE)
+                                env=env.pg_env(db), stdout=subprocess.PIPE)
         subprocess.run([*env.aws(), "s3", "cp", "-", f"s3://{bucket}/backups/old/public-{table}.dump"],
                        env=env.aws_env(), stdin=dump.stdout, check=True, stdout=subprocess.DEVNULL)
         dump.stdout.close()
@@ -48,7 +44,7 @@ def old_method(env: BenchEnv, db: str, bucket: str) -> None:
 def plain_dump(env: BenchEnv, db: str) -> None:
     # stdout, not -f: pg_dump 15 fsyncs a named output file, which /dev/null refuses.
     subprocess.run([find_pg_program("pg_dump"), "--format", "c", "--no-owner", "--no-privileges"],
-                   env=pg_env(env, db), check=True, stdout=subprocess.DEVNULL)
+                   env=env.pg_env(db), check=True, stdout=subprocess.DEVNULL)
 
 
 def bucket_bytes(env: BenchEnv, bucket: str, prefix: str) -> int:

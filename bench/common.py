@@ -8,7 +8,6 @@ it has the requested scale; `--rebuild` forces a new one.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -51,6 +50,11 @@ class BenchEnv:
         """Environment for the AWS CLI (the anchor) against the moto server."""
         return dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                     AWS_DEFAULT_REGION="us-gov-west-1")
+
+    def pg_env(self, db: str) -> dict:
+        """libpq environment for the programs an anchor method runs (the AWS CLI's variables too)."""
+        return dict(self.aws_env(), PGHOST=self.pg.host, PGPORT=str(self.pg.port), PGUSER=self.pg.user,
+                    PGDATABASE=db, PGPASSWORD=self.pg.password)
 
     def aws(self) -> list[str]:
         return [str(Path(sys.executable).parent / "aws"), "--endpoint-url", self.s3.endpoint_url]
@@ -102,17 +106,18 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def run_child(argv: list[str], env: dict) -> tuple[float, int]:
-    """Run a child to completion; return (seconds, its peak RSS in bytes). Fails loudly."""
+def run_child(argv: list[str], env: dict) -> float:
+    """Run a child to completion; return its wall time in seconds. Fails loudly.
+
+    Memory is not measured here: a child's ru_maxrss includes the size of the
+    process it was forked from; our jobs report their own peak (run_job_child).
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} failed ({proc.returncode}): {stderr[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024
+    done = subprocess.run(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed ({done.returncode}): "
+                           f"{done.stderr.decode('utf-8', 'replace')[-2000:]}")
+    return time.perf_counter() - start
 
 
 def run_job_child(args: list[str], env: dict) -> tuple[float, dict]:
@@ -132,10 +137,6 @@ def run_job_child(args: list[str], env: dict) -> tuple[float, dict]:
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     summary = next(e for e in reversed(events) if e.get("event") == "job.finished")
     return seconds, summary
-
-
-def children_peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> None:

@@ -73,7 +73,7 @@ def time_aws(s3: LocalS3, src: str, dst: str) -> float:
     aws = str(Path(sys.executable).parent / "aws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-gov-west-1")
-    seconds, _ = run_child([aws, "--endpoint-url", s3.endpoint_url, "s3", "sync", "--only-show-errors",
+    seconds = run_child([aws, "--endpoint-url", s3.endpoint_url, "s3", "sync", "--only-show-errors",
                             f"s3://{src}", f"s3://{dst}"], env)
     return seconds
 

@@ -34,10 +34,6 @@ from service.sandbox import find_pg_program
 TARGET = 0.60
 
 
-def pg_env(env: BenchEnv, db: str) -> dict:
-    return dict(env.aws_env(), PGHOST=env.pg.host, PGPORT=str(env.pg.port), PGUSER=env.pg.user,
-                PGDATABASE=db, PGPASSWORD=env.pg.password)
-
 
 def read_manifest(env: BenchEnv, bucket: str) -> dict:
     client = env.s3.client()
@@ -51,7 +47,7 @@ def read_manifest(env: BenchEnv, bucket: str) -> dict:
 def old_manner(env: BenchEnv, bucket: str, manifest: dict, db: str) -> None:
     """Download each dump to disk with `aws s3 cp`, then `pg_restore -d` it, one after the other."""
     pg_restore = find_pg_program("pg_restore")
-    penv = pg_env(env, db)
+    penv = env.pg_env(db)
     base = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "-d", db]
 
     def fetch(key: str, directory: str) -> str:
@@ -118,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         size = database_size(env)
         snapshot = env.new_database()  # a distinct snapshot binding keeps the configuration valid
         backups, media = env.s3.create_bucket(), env.s3.create_bucket()
-        t_backup, _ = run_child([sys.executable, "-m", "service", "run", "db_to_s3"],
+        t_backup = run_child([sys.executable, "-m", "service", "run", "db_to_s3"],
                                 env.vcap_env(snapshot_db=snapshot, media=media, backups=backups))
         manifest = read_manifest(env, backups)
         old_db, our_db = env.new_database(), env.new_database()

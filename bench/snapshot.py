@@ -35,10 +35,6 @@ ROUNDS = 2  # each figure is the best of its rounds: the machine is shared, nois
 QUIET = open(os.devnull, "w")  # noqa: SIM115 - the job's log, for the life of the process
 
 
-def pg_env(env: BenchEnv, db: str) -> dict:
-    return dict(env.aws_env(), PGHOST=env.pg.host, PGPORT=str(env.pg.port), PGUSER=env.pg.user,
-                PGDATABASE=db, PGPASSWORD=env.pg.password)
-
 
 def psql_argv(*extra: str) -> list[str]:
     return [find_pg_program("psql"), "--no-psqlrc", "--quiet", *extra]
@@ -53,8 +49,8 @@ def public_tables(env: BenchEnv, db: str) -> list[str]:
 def give_definitions(env: BenchEnv, source: str, target: str) -> None:
     """Untimed set-up for the old method: the source's definitions, without rows."""
     dump = subprocess.Popen([find_pg_program("pg_dump"), "--schema-only", "--section=pre-data", "--no-owner",
-                             "--no-privileges"], env=pg_env(env, source), stdout=subprocess.PIPE)
-    subprocess.run(psql_argv("--set=ON_ERROR_STOP=1"), env=pg_env(env, target), stdin=dump.stdout,
+                             "--no-privileges"], env=env.pg_env(source), stdout=subprocess.PIPE)
+    subprocess.run(psql_argv("--set=ON_ERROR_STOP=1"), env=env.pg_env(target), stdin=dump.stdout,
                    check=True, stdout=subprocess.DEVNULL)
     dump.stdout.close()
     if dump.wait() != 0:
@@ -65,12 +61,12 @@ def old_method(env: BenchEnv, source: str, target: str) -> None:
     """What the old tool did: per public table, drop it on the target, then pg_dump | psql."""
     for table in public_tables(env, source):
         drop = sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table)).as_string(None)
-        subprocess.run(psql_argv("-c", drop), env=pg_env(env, target), check=True, stdout=subprocess.DEVNULL,
+        subprocess.run(psql_argv("-c", drop), env=env.pg_env(target), check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         dump = subprocess.Popen([find_pg_program("pg_dump"), "--format", "plain", "--no-owner", "--no-privileges",
                                  "-t", build_table_pattern("public", table)],
-                                env=pg_env(env, source), stdout=subprocess.PIPE)
-        subprocess.run(psql_argv(), env=pg_env(env, target), stdin=dump.stdout, check=True,
+                                env=env.pg_env(source), stdout=subprocess.PIPE)
+        subprocess.run(psql_argv(), env=env.pg_env(target), stdin=dump.stdout, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         dump.stdout.close()
         if dump.wait() != 0:
