@@ -20,7 +20,6 @@ from service.sample_data import load_sample_database
 from service.sandbox import find_pg_program
 
 
-
 def public_tables(env: BenchEnv, db: str) -> list[str]:
     with env.pg.connect(db) as conn:
         rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
