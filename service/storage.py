@@ -229,17 +229,7 @@ class S3ObjectStore(ObjectStore):
             token = page["NextContinuationToken"]
 
     def list_prefixes(self, prefix: str) -> list[str]:
-        found: list[str] = []
-        token = None
-        while True:
-            kwargs = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
-            found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
-                return found
-            token = page["NextContinuationToken"]
+        return [item for item in self.list_level(prefix) if isinstance(item, str)]
 
     def delete_objects(self, keys: Iterable[str]) -> None:
         batch: list[str] = []
