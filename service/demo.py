@@ -50,6 +50,9 @@ def run_demo(*, daemon: bool = False, rows: int = 5000) -> int:
                 print(f"demo: scheduled_backup ended {result.outcome}: {result.error}", file=sys.stderr)
                 return result.exit_code
             print_summary(S3ObjectStore(config.backups))
+            media = next((s.figures for s in result.steps if s.name == "media_sync"), {})
+            print(f"media: {media.get('copied', 0)} objects copied ({media.get('copied_bytes', 0):,} bytes), "
+                  f"{media.get('skipped', 0)} already there; run time {result.seconds:.1f} s")
             return 0
     finally:
         for name in (db, snapshot):
