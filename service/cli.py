@@ -154,7 +154,6 @@ def cmd_demo(ns) -> int:
     return run_demo(daemon=ns.daemon, rows=ns.rows)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "jobs": cmd_jobs, "demo": cmd_demo}
 
 
 def cmd_daemon(_ns) -> int:
@@ -184,7 +183,13 @@ def cmd_ctl(ns) -> int:
     return 0
 
 
-COMMANDS["daemon"] = cmd_daemon
-COMMANDS["ctl"] = cmd_ctl
-COMMANDS["show"] = cmd_show
-COMMANDS["verify"] = cmd_verify
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "verify": cmd_verify,
+    "demo": cmd_demo,
+    "daemon": cmd_daemon,
+    "ctl": cmd_ctl,
+}
