@@ -41,6 +41,7 @@ class Settings:
     metrics_refresh_seconds: float = 60.0
     lock_wait_seconds: float = 3600.0
     snapshot_max_age_hours: float = 48.0
+    dump_lock_wait_seconds: int = 600
     min_part_size: int = 8 * 1024 * 1024
     log_format: str = "auto"
     sync_concurrency: int = 16  # objects copied at once by the media sync
@@ -158,6 +159,7 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         metrics_refresh_seconds=r.number("METRICS_REFRESH_SECONDS", 60.0, 1.0),
         lock_wait_seconds=r.number("LOCK_WAIT_SECONDS", 3600.0, 0.0),
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
+        dump_lock_wait_seconds=r.integer("DUMP_LOCK_WAIT_SECONDS", 600, 1, 86400),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
         sync_concurrency=r.integer("SYNC_CONCURRENCY", 16, 1, 64),

@@ -18,12 +18,16 @@ from service.errors import DatabaseError
 from service.log import scrub
 from service.vcap import DatabaseBinding
 
-# Catalog only: no lock is taken on the tables (pg_total_relation_size would take one
-# and keep it until the end of the transaction, blocking migrations behind a backup).
+# Catalog only: no lock is taken on the tables (pg_total_relation_size would take one,
+# wait behind a migration's lock, and queue the application behind it). The size is
+# the planner's page count of the heap and its TOAST table, as of the last VACUUM or
+# ANALYZE: an estimate, which is all that choosing a multipart part size needs.
 USER_TABLES_SQL = """
-SELECT n.nspname, c.relname
+SELECT n.nspname, c.relname,
+       (c.relpages::bigint + coalesce(t.relpages, 0)) * current_setting('block_size')::bigint
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE c.relkind IN ('r', 'p')
   AND n.nspname <> 'information_schema'
   AND n.nspname NOT LIKE 'pg\\_%'
@@ -47,10 +51,17 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
 
-def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = False) -> psycopg.Connection:
-    """Open a connection; raise DatabaseError naming the binding, never the password."""
+def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = False,
+            lock_timeout_seconds: int | None = None) -> psycopg.Connection:
+    """Open a connection; raise DatabaseError naming the binding, never the password.
+
+    `lock_timeout_seconds` makes a statement that waits for a table lock (held by
+    a migration) fail instead of hanging and queueing the application behind it.
+    """
+    options = f"-c lock_timeout={int(lock_timeout_seconds)}s" if lock_timeout_seconds else None
     try:
         return psycopg.connect(
+            options=options,
             host=db.host,
             port=db.port,
             dbname=db.dbname,
@@ -84,23 +95,12 @@ def server_version(conn: psycopg.Connection) -> tuple[int, str]:
     return num // 10000, f"{num // 10000}.{num % 10000}"
 
 
-def list_user_tables(conn: psycopg.Connection, sizes: dict[tuple[str, str], int] | None = None) -> list[TableInfo]:
-    """Every ordinary and partitioned table outside the system schemas and extensions.
-
-    Takes no lock on the tables; `sizes` (from `table_sizes`) fills in their size.
-    """
-    sizes = sizes or {}
+def list_user_tables(conn: psycopg.Connection) -> list[TableInfo]:
+    """Every ordinary and partitioned table outside the system schemas and extensions,
+    with its estimated size; takes no lock on the tables."""
     with translated_errors("listing tables"):
         rows = conn.execute(USER_TABLES_SQL).fetchall()
-    return [TableInfo(schema, name, sizes.get((schema, name), 0)) for schema, name in rows]
-
-
-def table_sizes(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
-    """{(schema, table): bytes on disk}. Run it in autocommit mode: it locks each table briefly."""
-    inner = USER_TABLES_SQL.replace("SELECT n.nspname, c.relname", "SELECT n.nspname, c.relname, c.oid")
-    query = f"SELECT nspname, relname, pg_total_relation_size(oid) FROM ({inner}) AS t"
-    with translated_errors("measuring tables"):
-        return {(s, t): int(b or 0) for s, t, b in conn.execute(query).fetchall()}
+    return [TableInfo(schema, name, max(int(size or 0), 0)) for schema, name, size in rows]
 
 
 def count_rows(conn: psycopg.Connection, schema: str, table: str) -> int:

@@ -63,10 +63,18 @@ def build_pg_dump_command(
     schema_only: bool = False,
     compression: int = 1,
     fmt: str = "custom",
+    lock_wait_seconds: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """pg_dump argv: one table (data and definition) or the whole schema, no owners or grants."""
+    """pg_dump argv: one table (data and definition) or the whole schema, no owners or grants.
+
+    `lock_wait_seconds` bounds the wait for a table lock (a migration holding one):
+    the dump fails clearly instead of hanging, and its own lock request stops
+    queueing the application's queries behind it.
+    """
     argv = [program, f"--format={fmt}", "--no-owner", "--no-privileges", "--no-password"]
+    if lock_wait_seconds:
+        argv.append(f"--lock-wait-timeout={int(lock_wait_seconds)}s")
     if fmt == "custom":
         argv.append(f"--compress={compression}")
     if snapshot:

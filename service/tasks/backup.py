@@ -29,7 +29,6 @@ from service.database import (
     import_snapshot,
     list_user_tables,
     server_version,
-    table_sizes,
 )
 from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
 from service.pgtools import (
@@ -88,12 +87,12 @@ def backup_database(ctx, kind: str) -> dict:
     pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
     sweep_stale_uploads(store, log)
     started = time.monotonic()
-    with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as control:
+    with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+                 lock_timeout_seconds=settings.dump_lock_wait_seconds) as control:
         server_major, server_text = server_version(control)
         dump_version = check_pg_dump_version(pg_dump, env, server_major)
-        sizes = table_sizes(control)  # before the snapshot: its brief locks end with the statement
         snapshot = export_snapshot(control)
-        tables = tuple(list_user_tables(control, sizes))
+        tables = tuple(list_user_tables(control))
         if not tables:
             raise BackupError(
                 f"{config.fac_db.name} has no user tables to back up",
@@ -191,8 +190,10 @@ def _stream_dump(argv, env, key, part_size, store, scope, written) -> tuple[int,
 def _dump_schema(ctx, plan, store, env, pg_dump, scope, written) -> dict:
     scope.check()
     excluded = tuple(f"--exclude-table-data={build_table_pattern(t.schema, t.name)}" for t in plan.tables)
+    settings = ctx.config.settings
     argv = build_pg_dump_command(
-        pg_dump, snapshot=plan.snapshot, compression=ctx.config.settings.compression, extra=excluded
+        pg_dump, snapshot=plan.snapshot, compression=settings.compression,
+        lock_wait_seconds=settings.dump_lock_wait_seconds, extra=excluded,
     )
     key = layout.schema_key(plan.backup_id)
     size, sha = _stream_dump(argv, env, key, ctx.config.settings.min_part_size, store, scope, written)
@@ -203,13 +204,15 @@ def _dump_schema(ctx, plan, store, env, pg_dump, scope, written) -> dict:
 def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written) -> catalog.TableEntry:
     scope.check()
     settings = ctx.config.settings
-    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
+    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+                 lock_timeout_seconds=settings.dump_lock_wait_seconds) as conn:
         import_snapshot(conn, plan.snapshot)
         rows = count_rows(conn, table.schema, table.name)
         conn.execute("COMMIT")  # release the count's lock: pg_dump takes its own, for less time
         scope.check()
         argv = build_pg_dump_command(
-            pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=settings.compression
+            pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=settings.compression,
+            lock_wait_seconds=settings.dump_lock_wait_seconds,
         )
         key = layout.table_key(plan.backup_id, table.schema, table.name)
         part_size = choose_part_size(table.total_bytes, settings.min_part_size)

@@ -57,7 +57,8 @@ def count_all_rows(ctx) -> dict:
     """row_count: exact rows of every user table of fac-db, logged one event per table."""
     settings = ctx.config.settings
     counts: dict[str, int] = {}
-    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
+    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+                 lock_timeout_seconds=settings.dump_lock_wait_seconds) as conn:
         for table in list_user_tables(conn):
             ctx.scope.check()
             rows = count_rows(conn, table.schema, table.name)
@@ -71,7 +72,8 @@ def check_tables(ctx) -> dict:
     """check_tables: every manifest table exists (with its row count); extras are reported."""
     settings = ctx.config.settings
     expected = read_table_manifest(settings.table_manifest)
-    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
+    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+                 lock_timeout_seconds=settings.dump_lock_wait_seconds) as conn:
         present = {(t.schema, t.name) for t in list_user_tables(conn)}
         counts = {}
         for schema, table in expected:

@@ -244,3 +244,17 @@ def test_sigterm_mid_backup_aborts_cleanly(sample_db, tmp_path):
     assert sample_db.open_uploads() == []
     assert not any(b.complete for b in catalog.list_backups(sample_db.store()))
     assert '"event": "job.aborted"' in out
+
+
+def test_a_table_locked_by_a_migration_fails_the_backup_instead_of_hanging(sample_db):
+    """A table held in ACCESS EXCLUSIVE mode makes the backup fail after the lock wait, naming the table."""
+    import time
+
+    with sample_db.connect() as migration:
+        migration.execute("BEGIN")
+        migration.execute("LOCK TABLE public.dissemination_finding IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        done = sample_db.cli("run", "db_to_s3", env=dict(sample_db.environ, FAC_BACKUP_DUMP_LOCK_WAIT_SECONDS="2"))
+        migration.execute("ROLLBACK")
+    assert time.monotonic() - started < 60
+    assert_nothing_left(sample_db, done, "public.dissemination_finding", "LOCK TABLE")

@@ -60,3 +60,10 @@ def test_version_parsing():
     assert parse_program_version("pg_dump (PostgreSQL) 16beta1")[0] == 16
     with pytest.raises(ValueError):
         parse_program_version("something else")
+
+
+def test_lock_wait_is_bounded_when_asked():
+    """A dump waiting on a migration's lock gives up after the configured time instead of hanging."""
+    argv = build_pg_dump_command("pg_dump", table=("public", "t"), lock_wait_seconds=600)
+    assert "--lock-wait-timeout=600s" in argv
+    assert not any(a.startswith("--lock-wait-timeout") for a in build_pg_dump_command("pg_dump"))
