@@ -40,7 +40,7 @@ ORDER BY n.nspname, c.relname
 
 @dataclass(frozen=True, order=True)
 class TableInfo:
-    """One user table and its size on disk (heap, indexes and TOAST)."""
+    """One user table and its estimated data size (heap and TOAST pages, from the catalog)."""
 
     schema: str
     name: str
