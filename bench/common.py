@@ -74,7 +74,9 @@ class BenchEnv:
 def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
     """Start (or reuse) the servers and make sure the benchmark database is in place."""
     url = os.environ.get("FAC_BACKUP_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    env = BenchEnv(LocalPostgres(url).start(), LocalS3().start())
+    # A throwaway cluster for benchmarks writes durably, as production does: without
+    # fsync and full-page writes, methods that commit often would look cheaper.
+    env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
     scale = scale or DEFAULT_SCALE
     marker = repr(sorted(scale.items()))
     with env.pg.connect() as conn:
@@ -98,6 +100,19 @@ def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
 def database_size(env: BenchEnv, db: str | None = None) -> int:
     with env.pg.connect(db or env.db) as conn:
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (from /proc/stat).
+
+    The difference across a run is the work of everything that ran, both
+    database servers included; divided by the core count it is the shortest
+    wall time that work could take, however well it were spread.
+    """
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:

@@ -41,10 +41,16 @@ def find_pg_program(name: str) -> str:
 
 
 class LocalPostgres:
-    """A PostgreSQL server for tests: an existing one (by URL) or a throwaway cluster."""
+    """A PostgreSQL server for tests: an existing one (by URL) or a throwaway cluster.
 
-    def __init__(self, url: str | None = None) -> None:
+    The throwaway cluster skips fsync and full-page writes, which tests do not
+    need; `durable=True` keeps PostgreSQL's defaults for both, as production
+    has them, for benchmarks whose figures depend on what each write costs.
+    """
+
+    def __init__(self, url: str | None = None, *, durable: bool = False) -> None:
         self.url = url
+        self.durable = durable
         self.tmpdir: str | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -71,8 +77,9 @@ class LocalPostgres:
              "-E", "UTF8", "--no-sync", "--locale=C"],
             check=True, capture_output=True,
         )
-        options = (f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             [*as_postgres, find_pg_program("pg_ctl"), "-D", data, "-o", options, "-w",
              "-l", os.path.join(self.tmpdir, "server.log"), "start"],
