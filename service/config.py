@@ -7,6 +7,7 @@ FAC_BACKUP_ prefix; standard names (PORT, VCAP_SERVICES) stay standard.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Config:
     settings: Settings
     restore_test_db: DatabaseBinding | None = None  # scratch database of the restore drill
     webhook_url: str | None = field(default=None, repr=False)  # a Slack webhook URL is a credential
+    space: str | None = None  # cloud.gov space the app runs in (VCAP_APPLICATION), to say where a message came from
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for the log redactor."""
@@ -261,6 +263,16 @@ def read_webhook_url(environ: Mapping[str, str], bindings: dict, problems: list[
     return url or None
 
 
+def read_space_name(environ: Mapping[str, str]) -> str | None:
+    """The cloud.gov space from VCAP_APPLICATION, or None (a local run, or a value we cannot read:
+    it only labels notifications, so it never stops the service)."""
+    try:
+        value = json.loads(environ.get("VCAP_APPLICATION") or "{}").get("space_name")
+    except (ValueError, AttributeError):
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
     """Read everything once; raise ConfigError naming every problem."""
     environ = os.environ if environ is None else environ
@@ -307,4 +319,5 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             hint="fix the environment or the service bindings and start again",
         )
     assert fac_db and snapshot_db and media and backups
-    return Config(fac_db, snapshot_db, media, backups, settings, restore_test_db, webhook_url)
+    return Config(fac_db, snapshot_db, media, backups, settings, restore_test_db, webhook_url,
+                  read_space_name(environ))

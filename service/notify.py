@@ -2,7 +2,8 @@
 
 The body is JSON that Slack-compatible receivers accept (a `text` line) and
 generic ones can read field by field (`job`, `outcome`, `error`, `hint`,
-`run_id`, `time`, `recovered`). It never holds a secret: no error detail
+`run_id`, `time`, `recovered`, `space`: the cloud.gov space, so one channel
+can serve dev, staging and production). It never holds a secret: no error detail
 (stderr tails), no URL, every text scrubbed like the log. The webhook's own
 failures are logged and counted and never change how a job ended.
 
@@ -54,21 +55,24 @@ def remember(job: str, outcome: str) -> str | None:
     return previous
 
 
-def build_payload(result, *, recovered: bool = False, now: datetime | None = None) -> dict:
-    """The JSON body for a finished run (jobs.JobResult)."""
+def build_payload(result, *, recovered: bool = False, now: datetime | None = None,
+                  space: str | None = None) -> dict:
+    """The JSON body for a finished run (jobs.JobResult); `space` names where it ran."""
     error = result.error
+    origin = f"{SERVICE_NAME} ({scrub(space)})" if space else SERVICE_NAME
     message = scrub(error.message) if error is not None and not recovered else ""
     hint = scrub(error.hint) if error is not None and not recovered else ""
     if recovered:
-        text = f"{SERVICE_NAME}: {result.job} succeeded again after a failure (run {result.run_id})"
+        text = f"{origin}: {result.job} succeeded again after a failure (run {result.run_id})"
     else:
-        text = f"{SERVICE_NAME}: {result.job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
+        text = f"{origin}: {result.job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
         text += f": {message}" if message else ""
         text += f" (hint: {hint})" if hint else ""
         text += f" (run {result.run_id})"
     return {
         "text": text,
         "service": SERVICE_NAME,
+        "space": scrub(space) if space else None,
         "job": result.job,
         "outcome": result.outcome,
         "recovered": recovered,
@@ -103,7 +107,7 @@ def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
         url = getattr(config, "webhook_url", None)
         if not url or not (failed or recovered):
             return False
-        payload = build_payload(result, recovered=recovered)
+        payload = build_payload(result, recovered=recovered, space=getattr(config, "space", None))
         try:
             status = post_json(url, payload)
         except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors

@@ -96,6 +96,19 @@ def test_a_failed_job_posts_one_slack_compatible_and_structured_body(monkeypatch
     assert SECRET_DB not in json.dumps(body) and "secret-token" not in json.dumps(body)
 
 
+def test_the_body_names_the_cloud_gov_space_it_came_from(monkeypatch):
+    """With VCAP_APPLICATION (as cloud.gov sets it), the text and a `space` field say which space failed."""
+    app = json.dumps({"application_name": "fac-backup", "space_name": "production", "organization_name": "gsa"})
+    with Receiver() as receiver:
+        config = load_config({"VCAP_SERVICES": vcap(), "VCAP_APPLICATION": app,
+                              "FAC_BACKUP_WEBHOOK_URL": receiver.url})
+        run(config, monkeypatch, failure())
+        (body,) = receiver.received()
+    assert config.space == "production"
+    assert body["space"] == "production"
+    assert body["text"].startswith("fac-backup (production): check_tables failed: ")
+
+
 def test_recovery_is_announced_once_and_successes_stay_quiet(monkeypatch):
     """After a failure, the first success notifies (recovered) and the next successes do not."""
     with Receiver() as receiver:

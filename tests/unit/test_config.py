@@ -141,3 +141,12 @@ def test_process_aws_variables_are_ignored():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_the_space_name_comes_from_vcap_application_and_never_stops_the_service():
+    """space_name labels notifications; absent or unreadable VCAP_APPLICATION leaves it None, no error."""
+    app = json.dumps({"space_name": "staging"})
+    assert load_config({"VCAP_SERVICES": vcap(), "VCAP_APPLICATION": app}).space == "staging"
+    assert load_config({"VCAP_SERVICES": vcap()}).space is None
+    assert load_config({"VCAP_SERVICES": vcap(), "VCAP_APPLICATION": "{not json"}).space is None
+    assert load_config({"VCAP_SERVICES": vcap(), "VCAP_APPLICATION": "[1]"}).space is None
