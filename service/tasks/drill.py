@@ -24,7 +24,7 @@ from datetime import datetime
 from service import catalog, layout
 from service.errors import BackupNotFoundError, RestoreError, SafetyError
 from service.finder import FoundBackup, find_backup
-from service.loader import Session, build_reset_sql
+from service.loader import Session
 from service.pgtools import INHERITED_ENV, build_pg_env, build_program_path, build_psql_command
 from service.storage import ObjectStore
 from service.tasks import restore
@@ -69,14 +69,9 @@ def rehearse_restore(ctx, store: ObjectStore, found: FoundBackup) -> int:
             raise SafetyError(f"the drill's scratch binding {scratch.name} points at {protected.name}; refused",
                               hint="bind a database of its own (FAC_BACKUP_RESTORE_TEST_DB_SERVICE)")
     env = build_pg_env(scratch, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
-    pg_restore = build_program_path(settings.pg_bin_dir, "pg_restore")
     psql = build_psql_command(build_program_path(settings.pg_bin_dir, "psql"), single_transaction=False)
     with Session(psql, env, scope=ctx.scope, target=scratch.name) as session:
-        if found.legacy:
-            tables = restore._load_legacy(ctx, session, store, found, pg_restore, env)
-        else:
-            session.execute(build_reset_sql(restore.list_user_schemas(scratch, settings.pg_sslmode)))
-            tables = restore._load_complete(ctx, session, store, found, pg_restore, env)
+        tables = restore.load_backup(ctx, session, store, found, scratch, env)
         ctx.scope.check()
         roll_back(session)
     return tables

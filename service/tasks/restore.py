@@ -97,13 +97,8 @@ def restore_from_s3(ctx) -> dict:
     ctx.figures_on_failure = {"pre_restore_backup": pre_restore or ""}
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
-    pg_restore = build_program_path(settings.pg_bin_dir, "pg_restore")
     with open_target_session(ctx) as session:
-        if found.legacy:
-            tables = _load_legacy(ctx, session, store, found, pg_restore, env)
-        else:
-            session.execute(build_reset_sql(list_user_schemas(target, settings.pg_sslmode)))
-            tables = _load_complete(ctx, session, store, found, pg_restore, env)
+        tables = load_backup(ctx, session, store, found, target, env)
         ctx.scope.check()
         session.commit()
     figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy,
@@ -112,6 +107,21 @@ def restore_from_s3(ctx) -> dict:
         figures["rows"] = found.manifest.total_rows
     ctx.log.info("restore.finished", **figures)
     return figures
+
+
+def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: dict) -> int:
+    """Replace `target`'s contents with `found` inside `session`'s open transaction; return the
+    tables loaded. Never commits: the caller commits (s3_restore) or rolls back (the restore drill).
+
+    A backup of this service first clears every user schema, then loads schema.dump's
+    definitions, each table, and the constraints and indexes last. A legacy backup (table
+    dumps only) replaces just the tables it holds.
+    """
+    pg_restore = build_program_path(ctx.config.settings.pg_bin_dir, "pg_restore")
+    if found.legacy:
+        return _load_legacy(ctx, session, store, found, pg_restore, env)
+    session.execute(build_reset_sql(list_user_schemas(target, ctx.config.settings.pg_sslmode)))
+    return _load_complete(ctx, session, store, found, pg_restore, env)
 
 
 def _restore_argv(pg_restore: str, *extra: str, sections: tuple[str, ...] = (), use_list: str | None = None):
