@@ -22,7 +22,7 @@ import time
 
 from service import layout
 from service.database import connect, list_user_tables, translated_errors
-from service.errors import JobAbortedError, RestoreError, ServiceError
+from service.errors import JobAbortedError, RestoreError, SafetyError, ServiceError
 from service.finder import FoundBackup, find_backup
 from service.loader import (
     LOCK_TIMEOUT,
@@ -47,6 +47,61 @@ WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
                   WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
 ORDER BY n.nspname
 """
+
+
+# What DROP TABLE ... CASCADE of the given tables (oids) would take with it that a legacy
+# backup cannot bring back: views and materialized views built on them (and views on those),
+# and foreign keys of tables the backup does not hold. Legacy dumps carry one table each.
+LEGACY_CASUALTIES_SQL = """
+WITH RECURSIVE doomed(oid) AS (
+    SELECT unnest(%(tables)s::oid[])
+    UNION
+    SELECT r.ev_class
+    FROM doomed
+    JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = doomed.oid
+                     AND d.classid = 'pg_rewrite'::regclass
+    JOIN pg_rewrite r ON r.oid = d.objid
+    WHERE r.ev_class <> doomed.oid
+)
+SELECT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+       || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM doomed JOIN pg_class c ON c.oid = doomed.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm')
+UNION
+SELECT 'foreign key ' || quote_ident(k.conname) || ' of ' || k.conrelid::regclass::text
+FROM pg_constraint k
+WHERE k.contype = 'f' AND k.confrelid = ANY(%(tables)s::oid[]) AND NOT k.conrelid = ANY(%(tables)s::oid[])
+ORDER BY 1
+"""
+
+
+def legacy_casualties(db, tables, sslmode: str) -> list[str]:
+    """Objects of `db` that replacing `tables` (LegacyTable) would drop and not recreate."""
+    names = [f"{quote_ident(t.schema)}.{quote_ident(t.table)}" for t in tables]
+    with connect(db, sslmode=sslmode, autocommit=True) as conn, \
+            translated_errors("finding what depends on the tables to restore"):
+        oids = [row[0] for row in conn.execute(
+            "SELECT to_regclass(n)::oid FROM unnest(%s::text[]) AS n", (names,)).fetchall() if row[0]]
+        return [row[0] for row in conn.execute(LEGACY_CASUALTIES_SQL, {"tables": oids}).fetchall()]
+
+
+def refuse_legacy_casualties(ctx, found: FoundBackup, target) -> list[str]:
+    """A legacy restore drops, with each table, the views and other tables' foreign keys that
+    point at it, and its dumps cannot recreate them: refuse unless options['force'], before
+    anything is touched. Returns what will be dropped (empty when nothing)."""
+    casualties = legacy_casualties(target, found.legacy_tables, ctx.config.settings.pg_sslmode)
+    if not casualties:
+        return []
+    named = ", ".join(casualties[:10]) + (f" and {len(casualties) - 10} more" if len(casualties) > 10 else "")
+    if not ctx.options.get("force"):
+        raise SafetyError(
+            f"restoring legacy backup {found.id} would drop {len(casualties)} object(s) of {target.name} "
+            f"that its dumps cannot recreate: {named}; nothing was changed",
+            detail="\n".join(casualties),
+            hint="restore a backup made by this service (it carries every object), or repeat with --force "
+                 "and recreate them afterwards (FAC's deploy recreates its API views)")
+    ctx.log.warning("restore.legacy_drops_dependents", backup_id=found.id, objects=casualties)
+    return casualties
 
 
 def list_user_schemas(db, sslmode: str) -> list[str]:
@@ -81,6 +136,7 @@ def restore_from_s3(ctx) -> dict:
     settings, target = ctx.config.settings, ctx.config.fac_db
     store = ctx.backups_store()
     started = time.monotonic()
+    dropped: list[str] = []
     found = find_backup(store, ctx.args[0])
     if len(found.matched) > 1:
         ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
@@ -89,6 +145,7 @@ def restore_from_s3(ctx) -> dict:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
         check_listing(store, found)
+        dropped = refuse_legacy_casualties(ctx, found, target)
     else:
         verify_backup(store, found, parallel=settings.parallel)
     ctx.log.info("restore.verified", backup_id=found.id)
@@ -105,6 +162,8 @@ def restore_from_s3(ctx) -> dict:
                "pre_restore_backup": pre_restore or "", "seconds": round(time.monotonic() - started, 3)}
     if found.manifest is not None:
         figures["rows"] = found.manifest.total_rows
+    if dropped:
+        figures["dropped_dependents"] = dropped
     ctx.log.info("restore.finished", **figures)
     return figures
 

@@ -236,21 +236,25 @@ def test_restore_into_an_empty_database(sample_db):
         assert database_state(conn) == before
 
 
+def write_legacy_backup(box, prefix: str) -> None:
+    """Every public table as the old tool wrote it: one `pg_dump -Fc -t` each, no manifest."""
+    db = box.config().fac_db
+    with box.connect() as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    for (table,) in tables:
+        pattern = '"public"."{}"'.format(table.replace('"', '""'))
+        dump = subprocess.run(["pg_dump", "-Fc", "-t", pattern, "-h", db.host, "-p", str(db.port),
+                               "-U", db.username, db.dbname], check=True, capture_output=True).stdout
+        box.store().put_bytes(f"{prefix}public-{table}.dump", dump)
+
+
 def test_legacy_backup_without_manifest(sample_db):
     """Dumps written by plain `pg_dump -Fc -t` with no manifest restore in one transaction, with a warning."""
     box = sample_db
     with box.connect() as conn:
         conn.execute("DROP VIEW public.dissemination_summary")  # the old tool could not restore views
-        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
         before = database_state_tables(conn)
-    store = box.store()
-    config = box.config()
-    db = config.fac_db
-    for (table,) in tables:
-        pattern = '"public"."{}"'.format(table.replace('"', '""'))
-        dump = subprocess.run(["pg_dump", "-Fc", "-t", pattern, "-h", db.host, "-p", str(db.port),
-                               "-U", db.username, db.dbname], check=True, capture_output=True).stdout
-        store.put_bytes(f"backups/scheduled/06-04-10/public-{table}.dump", dump)
+    write_legacy_backup(box, "backups/scheduled/06-04-10/")
     with box.connect() as conn:
         conn.execute("DELETE FROM public.dissemination_federalaward")
         conn.execute("DROP TABLE public.lookup_02")
@@ -264,6 +268,33 @@ def test_legacy_backup_without_manifest(sample_db):
         assert database_state_tables(conn) == before
     refused = box.run("s3_restore", "scheduled/06-04-10")
     assert refused.exit_code == 3
+
+
+def test_legacy_restore_that_would_drop_views_is_refused_unless_forced(sample_db):
+    """A legacy backup cannot recreate the views on its tables: refused (exit 3) with the view named
+    and fac-db untouched; with --force it restores, drops the view, and says so."""
+    box = sample_db
+    write_legacy_backup(box, "backups/scheduled/06-04-11/")
+    with box.connect() as conn:
+        conn.execute("DELETE FROM public.dissemination_federalaward")
+        before = database_state(conn)
+    refused = box.run("s3_restore", "scheduled-06-04-11", options=CONFIRM)
+    assert refused.exit_code == 3 and refused.outcome == "failure"
+    assert "view public.dissemination_summary" in refused.error.message
+    assert "nothing was changed" in refused.error.message and "--force" in refused.error.hint
+    with box.connect() as conn:
+        assert database_state(conn) == before
+    assert not [s for s in catalog.list_backups(box.store()) if s.id.startswith("pre-restore-")]
+
+    from structlog.testing import capture_logs
+    with capture_logs() as logs:
+        forced = box.run("s3_restore", "scheduled-06-04-11", options={**CONFIRM, "force": True})
+    assert_restored(forced)
+    assert forced.steps[0].figures["dropped_dependents"] == ["view public.dissemination_summary"]
+    assert any(e["event"] == "restore.legacy_drops_dependents" for e in logs)
+    with box.connect() as conn:
+        assert conn.execute("SELECT to_regclass('public.dissemination_summary')").fetchone()[0] is None
+        assert conn.execute("SELECT count(*) FROM public.dissemination_federalaward").fetchone()[0] > 0
 
 
 def test_unknown_id_lists_nearest_complete_backups(sample_db):
