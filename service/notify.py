@@ -59,7 +59,8 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
                   space: str | None = None) -> dict:
     """The JSON body for a finished run (jobs.JobResult); `space` names where it ran."""
     error = result.error
-    origin = f"{SERVICE_NAME} ({scrub(space)})" if space else SERVICE_NAME
+    space = scrub(space) if space else None
+    origin = f"{SERVICE_NAME} ({space})" if space else SERVICE_NAME
     message = scrub(error.message) if error is not None and not recovered else ""
     hint = scrub(error.hint) if error is not None and not recovered else ""
     if recovered:
@@ -72,7 +73,7 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
     return {
         "text": text,
         "service": SERVICE_NAME,
-        "space": scrub(space) if space else None,
+        "space": space,
         "job": result.job,
         "outcome": result.outcome,
         "recovered": recovered,
