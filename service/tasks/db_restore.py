@@ -7,64 +7,56 @@ db_to_db copy with the live database as its target. That copy is one
 transaction on the target whose row counts are compared with the snapshot's
 before COMMIT (tasks.snapshot.copy_database_between), so it is all or nothing.
 
-How old is the snapshot? db_to_db leaves no timestamp in the snapshot
-database, so its age is measured by the newest complete backup of a job that
-refreshes it (initial, deploy, on-demand: each runs db_to_s3 just before
-db_to_db). No such backup -> the age is unknown, treated as too old.
+How old is the snapshot? The copy that refreshed it dated it in its own
+transaction (service.refresh_record): the record commits with the data or rolls
+back with it, so a failed refresh leaves the old date beside the old data. A
+snapshot without a record (refreshed before the record existed, or by another
+tool) has an unknown age, treated as too old.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
-from service import catalog
-from service.database import connect, list_user_tables
+from service.database import connect, list_user_tables, translated_errors
 from service.errors import SafetyError
+from service.refresh_record import read_refresh_record
 from service.tasks.restore import take_pre_restore_backup
 from service.tasks.snapshot import copy_database_between
 
-SNAPSHOT_REFRESHING_JOBS = ("initial_backup", "deploy_backup", "on_demand_backup")
-
-
-def snapshot_refreshed_at(store) -> datetime | None:
-    """When fac-snapshot-db was last refreshed, as far as the backups bucket tells."""
-    newest = None
-    for summary in catalog.list_backups(store):
-        if not summary.complete or summary.job not in SNAPSHOT_REFRESHING_JOBS:
-            continue
-        try:
-            finished = datetime.fromisoformat(summary.finished_at)
-        except ValueError:
-            continue
-        if newest is None or finished > newest:
-            newest = finished
-    return newest
-
 
 def check_snapshot(ctx) -> dict:
-    """Refuse an empty snapshot, and a stale one unless options['force']; return what was seen."""
+    """Refuse an empty snapshot, and a stale or undated one unless options['force']; return what was seen."""
     config, settings = ctx.config, ctx.config.settings
+    snapshot = config.snapshot_db.name
     with connect(config.snapshot_db, sslmode=settings.pg_sslmode, autocommit=True) as conn:
         tables = list_user_tables(conn)
+        with translated_errors(f"reading the refresh record of {snapshot}"):
+            record = read_refresh_record(conn)
     if not tables:
         raise SafetyError(
-            f"{config.snapshot_db.name} has no user tables; restoring it would empty {config.fac_db.name}",
+            f"{snapshot} has no user tables; restoring it would empty {config.fac_db.name}",
             hint="restore from a backup instead: run s3_restore BACKUP_ID (see 'python -m service list')")
-    refreshed = snapshot_refreshed_at(ctx.backups_store())
     limit = settings.snapshot_max_age_hours
-    age = None if refreshed is None else (ctx.now() - refreshed).total_seconds() / 3600
+    age = None if record is None else (ctx.now() - record.data_as_of).total_seconds() / 3600
     if age is None or age > limit:
-        seen = "unknown (no initial, deploy or on-demand backup found)" if age is None else f"{age:.1f} h"
+        if record is None:
+            problem = (f"{snapshot} carries no record of when its data was taken (it was refreshed by an "
+                       "older version of this service or by another tool), so its age is unknown")
+        else:
+            problem = (f"{snapshot} may be stale: its data is from {record.data_as_of.isoformat()}, "
+                       f"{age:.1f} h ago, and the limit is {limit:g} h")
         if not ctx.options.get("force"):
             raise SafetyError(
-                f"{config.snapshot_db.name} may be stale: its age is {seen}, the limit is {limit:g} h; "
-                "nothing was touched",
-                detail="the age is that of the newest initial, deploy or on-demand backup, "
-                "since those jobs refresh the snapshot",
-                hint="repeat with --force if this snapshot is what you want, or restore from a backup")
-        ctx.log.warning("db_restore.stale_snapshot_forced", age=seen, limit_hours=limit)
-    return {"snapshot_tables": len(tables), "snapshot_age_hours": round(age, 2) if age is not None else -1}
+                f"{problem}; nothing was touched",
+                detail="db_to_db dates the snapshot in the same transaction that replaces its data "
+                "(the comment of the snapshot database); FAC_BACKUP_SNAPSHOT_MAX_AGE_HOURS sets the limit",
+                hint="run db_to_db first to refresh (and date) the snapshot, repeat with --force if this "
+                     "snapshot is what you want, or restore from a backup with s3_restore")
+        ctx.log.warning("db_restore.stale_snapshot_forced", age_hours=-1 if age is None else round(age, 2),
+                        data_as_of=record.data_as_of.isoformat() if record else "", limit_hours=limit)
+    return {"snapshot_tables": len(tables), "snapshot_age_hours": round(age, 2) if age is not None else -1,
+            "snapshot_data_as_of": record.data_as_of.isoformat() if record else ""}
 
 
 def restore_from_snapshot(ctx) -> dict:

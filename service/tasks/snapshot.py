@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
@@ -35,6 +36,7 @@ from service.database import connect, export_snapshot, server_version, translate
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.log import scrub
 from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command, build_program_path
+from service.refresh_record import RefreshRecord, write_refresh_record
 from service.tasks.backup import check_pg_dump_version
 from service.vcap import DatabaseBinding
 
@@ -49,6 +51,7 @@ class SourcePlan:
     """What one copy moves, fixed at the source snapshot."""
 
     snapshot: str
+    taken_at: datetime  # the source transaction's start: the moment the copy shows, or a little before
     tables: tuple[copier.TableCopy, ...]
     sequences: tuple[tuple[str, str, int, bool], ...]
     matviews: tuple[tuple[str, str], ...]
@@ -57,12 +60,13 @@ class SourcePlan:
 
 
 def copy_database(ctx) -> dict:
-    """The db_to_db step: copy fac-db into fac-snapshot-db (see copy_database_between)."""
-    return copy_database_between(ctx, ctx.config.fac_db, ctx.config.snapshot_db)
+    """The db_to_db step: copy fac-db into fac-snapshot-db (see copy_database_between), and date
+    the snapshot inside the same transaction (service.refresh_record)."""
+    return copy_database_between(ctx, ctx.config.fac_db, ctx.config.snapshot_db, record_refresh=True)
 
 
 def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding, *,
-                          allow_live_target: bool = False) -> dict:
+                          allow_live_target: bool = False, record_refresh: bool = False) -> dict:
     """Replace everything in `target`'s user schemas with `source`'s, in one transaction.
 
     Refuses (SafetyError, before touching anything) a target that is fac-db
@@ -71,6 +75,10 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
     target equal to the source is always refused. Returns the figures
     (tables, rows, bytes, sequences, seconds); raises CopyError or
     JobAbortedError with the target left exactly as it was.
+
+    `record_refresh=True` writes the target's refresh record (the source
+    snapshot's moment) in the copy's own transaction, so it commits or rolls
+    back with the data; a restore into fac-db does not record anything there.
     """
     _refuse_unsafe_target(ctx, source, target, allow_live_target)
     settings, log = ctx.config.settings, ctx.log
@@ -87,7 +95,10 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
         # The exporting transaction counts the rows while the target loads them.
         counter = _Counter(control, plan.tables)
         try:
-            figures = _replace_target(ctx, target, plan, env, counter)
+            record = RefreshRecord(plan.taken_at, source.name, source.dbname, ctx.run_id) if record_refresh else None
+            figures = _replace_target(ctx, target, plan, env, counter, record)
+            if record is not None:
+                figures["data_as_of"] = record.data_as_of.isoformat()
         finally:
             counter.stop()
         with translated_errors("ending the source snapshot"):
@@ -114,6 +125,7 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_res
     """Export the snapshot and read everything the copy needs from it, DDL included."""
     snapshot = export_snapshot(control)
     with translated_errors("reading the source's tables and sequences"):
+        taken_at = control.execute("SELECT now()").fetchone()[0]
         tables = copier.read_tables(control)
         sequences = copier.read_sequence_values(control)
         matviews = copier.read_populated_matviews(control)
@@ -125,7 +137,7 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_res
     for section in ("pre-data", "post-data"):
         argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
         ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
-    return SourcePlan(snapshot, tuple(tables), tuple(sequences), tuple(matviews),
+    return SourcePlan(snapshot, taken_at, tuple(tables), tuple(sequences), tuple(matviews),
                       ddl["pre-data"], ddl["post-data"])
 
 
@@ -164,7 +176,8 @@ class _Counter:
             self._thread.join()
 
 
-def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, counter: _Counter) -> dict:
+def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, counter: _Counter,
+                    record: RefreshRecord | None) -> dict:
     """The one transaction on the target; commits only when everything checked out."""
     settings = ctx.config.settings
     psql = build_program_path(settings.pg_bin_dir, "psql")
@@ -181,6 +194,10 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
                     sql.SQL(", ").join(map(sql.Identifier, dropped))))
             conn.execute("CREATE SCHEMA public; GRANT USAGE ON SCHEMA public TO PUBLIC")
+            if record is not None:
+                # First, so that a role that may not comment (not the database's owner) fails
+                # before the load rather than after it.
+                write_refresh_record(conn, record)
         with _stage(ctx, f"creating the definitions in {target.name}"):
             conn.execute(plan.pre_data)
         for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target):
