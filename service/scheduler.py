@@ -1,9 +1,10 @@
 """APScheduler wiring: cron expressions as cron means them, explicit job defaults, catch-up.
 
-APScheduler 3 numbers weekdays from Monday = 0, also in `CronTrigger.from_crontab`,
-so `"0 9 * * 1-5"` would fire Tuesday to Saturday. `build_cron_trigger` reads
-the five cron fields itself and hands APScheduler weekday *names*, so an
-expression from the environment means what it means to cron (0 and 7 = Sunday).
+Schedules use `service.cron.CronScheduleTrigger`, not APScheduler's CronTrigger: that
+one numbers weekdays from Monday = 0 (`"0 9 * * 1-5"` would fire Tuesday to
+Saturday) and skips or repeats slots at daylight-saving changes. Ours reads
+standard cron (0 and 7 = Sunday) and fires every local slot exactly once, so
+the metric, `ctl jobs` and catch-up, which all ask the trigger, agree with cron.
 
 The scheduler only ever calls `run(job_name)`: the daemon passes a function that
 goes through jobs.run_job, the safe boundary, so nothing a job raises reaches
@@ -19,11 +20,10 @@ from datetime import datetime, timedelta, tzinfo
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
+from service.cron import CronScheduleTrigger
 from service.errors import ConfigError
 
-CRON_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron numbering: 0 = Sunday
 # APScheduler's default misfire grace is one second: a run that waited for a worker
 # thread would be dropped. An hour keeps a busy moment from losing a backup.
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
@@ -31,63 +31,12 @@ WORKERS = 4
 OFF = "off"
 
 
-def _cron_day(text: str, expr: str) -> int:
-    text = text.strip().lower()
-    if text[:3] in CRON_DAY_NAMES and text.isalpha():
-        return CRON_DAY_NAMES.index(text[:3])
-    if text.isdigit() and 0 <= int(text) <= 7:
-        return int(text)
-    raise ConfigError(f"cron expression {expr!r}: {text!r} is not a day of the week (0-7 or sun-sat)")
+def build_cron_trigger(expr: str, tz: tzinfo) -> CronScheduleTrigger:
+    """The trigger for a standard five-field cron expression in `tz`; ConfigError if invalid."""
+    return CronScheduleTrigger(expr, tz)
 
 
-def translate_weekdays(field: str, expr: str = "") -> str:
-    """A cron day-of-week field (0/7 = Sunday, names, ranges, lists, steps) as APScheduler names."""
-    field = field.strip().lower()
-    if field in ("*", "?"):
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        span, _, step_text = part.partition("/")
-        if step_text and not (step_text.isdigit() and int(step_text) > 0):
-            raise ConfigError(f"cron expression {expr!r}: step {step_text!r} is not a positive number")
-        step = int(step_text) if step_text else 1
-        if span in ("*", "?"):
-            low, high = 0, 6
-        elif "-" in span:
-            first, _, last = span.partition("-")
-            low, high = _cron_day(first, expr), _cron_day(last, expr)
-        else:
-            low = _cron_day(span, expr)
-            high = 7 if step_text else low  # cron reads "1/2" as "1-7/2"
-        if high < low:
-            raise ConfigError(f"cron expression {expr!r}: range {span!r} runs backwards")
-        days.update(day % 7 for day in range(low, high + 1, step))
-    return ",".join(CRON_DAY_NAMES[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
-
-
-def build_cron_trigger(expr: str, tz: tzinfo) -> CronTrigger:
-    """A CronTrigger in `tz` for a standard five-field cron expression; ConfigError if invalid."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ConfigError(
-            f"cron expression {expr!r} has {len(fields)} field(s), not 5",
-            hint="use 'minute hour day-of-month month day-of-week', e.g. '0 6-18/2 * * *'",
-        )
-    minute, hour, day, month, weekdays = fields
-    if day not in ("*", "?") and weekdays not in ("*", "?"):
-        # cron fires when EITHER field matches, APScheduler when both do: refuse the ambiguity.
-        raise ConfigError(
-            f"cron expression {expr!r} restricts both day of month and day of week",
-            hint="restrict only one of them",
-        )
-    try:
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=translate_weekdays(weekdays, expr), timezone=tz)
-    except ValueError as exc:
-        raise ConfigError(f"cron expression {expr!r} is invalid", detail=str(exc)) from exc
-
-
-def parse_schedules(settings) -> dict[str, CronTrigger]:
+def parse_schedules(settings) -> dict[str, CronScheduleTrigger]:
     """job name -> trigger for every enabled schedule; one ConfigError listing every bad one."""
     wanted = {"scheduled_backup": ("SCHEDULED_CRON", settings.scheduled_cron),
               "daily_backup": ("DAILY_CRON", settings.daily_cron),
@@ -118,7 +67,7 @@ def follow_up(job: str, outcome: str, settings) -> tuple[str, dict] | None:
     return None
 
 
-def needs_catch_up(trigger: CronTrigger, newest_started: datetime | None, now: datetime) -> bool:
+def needs_catch_up(trigger: CronScheduleTrigger, newest_started: datetime | None, now: datetime) -> bool:
     """True when a slot of `trigger` passed since the newest complete backup started.
 
     That is the case after the app was stopped or restaged across a slot; a
@@ -127,7 +76,9 @@ def needs_catch_up(trigger: CronTrigger, newest_started: datetime | None, now: d
     if newest_started is None:
         return True
     slot = trigger.get_next_fire_time(None, newest_started + timedelta(seconds=1))
-    return slot is not None and slot <= now
+    # Timestamps, not datetimes: two times of one zone compare by wall clock, so in the
+    # repeated fall-back hour 01:30 PDT would count as later than 01:10 PST.
+    return slot is not None and slot.timestamp() <= now.timestamp()
 
 
 class JobScheduler:
@@ -143,7 +94,7 @@ class JobScheduler:
         )
         self.scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
 
-    def add_cron(self, job: str, trigger: CronTrigger) -> None:
+    def add_cron(self, job: str, trigger: CronScheduleTrigger) -> None:
         """Run `job` on `trigger`; its APScheduler id is the job name."""
         self._names[job] = job
         self.scheduler.add_job(self._run, trigger, args=[job], id=job, name=job)

@@ -15,7 +15,6 @@ from service.scheduler import (
     build_cron_trigger,
     needs_catch_up,
     parse_schedules,
-    translate_weekdays,
 )
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -46,22 +45,24 @@ def test_zero_and_seven_are_sunday(field):
     assert {t.strftime("%a") for t in times} == {"Sun"}
 
 
-@pytest.mark.parametrize("field, expected", [
-    ("*", "*"),
-    ("1-5", "mon,tue,wed,thu,fri"),
-    ("mon-fri", "mon,tue,wed,thu,fri"),
-    ("5-7", "fri,sat,sun"),
-    ("*/2", "tue,thu,sat,sun"),
-    ("1/2", "mon,wed,fri,sun"),
-    ("0,6", "sat,sun"),
+@pytest.mark.parametrize("field, days", [
+    ("1-5", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+    ("mon-fri", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+    ("5-7", ["Fri", "Sat", "Sun"]),
+    ("*/2", ["Tue", "Thu", "Sat", "Sun"]),
+    ("1/2", ["Mon", "Wed", "Fri", "Sun"]),  # cron reads "1/2" as "1-7/2"
+    ("0,6", ["Sat", "Sun"]),
 ])
-def test_weekday_fields_translate_to_names(field, expected):
-    """Ranges, lists, steps and names become APScheduler day names in cron's meaning."""
-    assert translate_weekdays(field) == expected
+def test_weekday_fields_mean_what_they_mean_to_cron(field, days):
+    """Ranges, lists, steps and names select cron's days (0 = Sunday), not APScheduler's."""
+    times = fire_times(f"0 9 * * {field}", datetime(2026, 3, 1, 0, 0, tzinfo=PACIFIC), 14)
+    week = {t.strftime("%a") for t in times}
+    assert week == set(days)
 
 
 @pytest.mark.parametrize("expr", ["0 9 * *", "0 9 * * 8", "0 9 * * 5-1", "0 25 * * *",
-                                  "0 9 1 * 1", "0 9 * * 1/0"])
+                                  "0 9 1 * 1", "0 9 * * 1/0", "0 9 L * *", "0 9 * * 1#2",
+                                  "0 9 * * monday", "0 9 * foo *", "0 0 9 * * *"])
 def test_invalid_cron_is_a_config_error(expr):
     """A malformed or ambiguous cron expression is refused with ConfigError, naming it."""
     with pytest.raises(ConfigError) as info:
