@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one job to completion (as `cf run-task` does)")
     run.add_argument("job", help="a job name; `fac-backup jobs` lists them")
     run.add_argument("args", nargs="*", help="the job's arguments (e.g. a BACKUP_ID)")
-    run.add_argument("--confirm", metavar="BINDING",
-                     help="name the protected binding a restore overwrites (e.g. fac-db)")
+    run.add_argument("--confirm", metavar="SPACE/BINDING",
+                     help="name what a restore overwrites: the cloud.gov space and the binding "
+                          "(e.g. production/fac-db); the binding alone where no space is known")
     run.add_argument("--apply", action="store_true", help="make changes (jobs that dry-run by default)")
     run.add_argument("--force", action="store_true", help="override a safety limit the job names")
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     trigger = ctl_sub.add_parser("trigger", help="start a job in the daemon now")
     trigger.add_argument("job")
     trigger.add_argument("args", nargs="*")
-    trigger.add_argument("--confirm", metavar="BINDING", help="as for run: the protected binding")
+    trigger.add_argument("--confirm", metavar="SPACE/BINDING",
+                         help="as for run: the space and the protected binding (e.g. production/fac-db)")
     trigger.add_argument("--apply", action="store_true")
     trigger.add_argument("--force", action="store_true")
     ctl_sub.add_parser("pause", help="stop firing the schedules (a running job goes on)")

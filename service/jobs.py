@@ -23,8 +23,8 @@ import structlog
 from service import notify
 from service.commands import CancelScope
 from service.config import Config
+from service.confirmation import check_confirmation, confirmation_record
 from service.errors import (
-    ConfirmationRequiredError,
     JobAbortedError,
     LockBusyError,
     ServiceError,
@@ -115,12 +115,15 @@ def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config
         raise UsageError(f"{spec.name} takes {low if low == high else f'{low} to {high}'} argument(s)",
                          hint=f"usage: run {usage}")
     if spec.protected_target and config is not None:
-        target = getattr(config, spec.protected_target).name
-        if options.get("confirm") != target:
-            raise ConfirmationRequiredError(
-                f"{spec.name} overwrites {target} and needs an explicit confirmation; nothing was touched",
-                hint=f"repeat the command with --confirm {target}",
-            )
+        check_confirmation(spec.name, config.space, getattr(config, spec.protected_target).name,
+                           options.get("confirm"))
+
+
+def confirmation_of(spec: JobSpec, config: Config, options: dict) -> dict | None:
+    """For a protected job: the space, the binding it overwrites and the confirmation given."""
+    if not spec.protected_target:
+        return None
+    return confirmation_record(config.space, getattr(config, spec.protected_target).name, options.get("confirm"))
 
 
 @dataclass
@@ -142,6 +145,11 @@ class JobContext:
     @property
     def job(self) -> str:
         return self.spec.name
+
+    @property
+    def confirmation(self) -> dict | None:
+        """Space, binding and confirmation of a protected job (None for the others)."""
+        return confirmation_of(self.spec, self.config, self.options)
 
     def now(self) -> datetime:
         """Now, in the service's time zone (backup ids and schedules use it)."""
@@ -180,6 +188,7 @@ class JobResult:
     steps: tuple[StepResult, ...] = ()
     error: ServiceError | None = None
     crashed: bool = False
+    confirmation: dict | None = None  # a protected job's space, binding and confirmation given
 
     @property
     def exit_code(self) -> int:
@@ -302,6 +311,6 @@ def run_job(
         event = {"success": "job.finished", "failure": "job.failed", "aborted": "job.aborted",
                  "skipped": "job.skipped"}[outcome]
         (log.info if outcome in ("success", "skipped") else log.error)(event, **summary)
-        result = JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed)
+        result = JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed, ctx.confirmation)
         notify.notify_job_end(config, result, metrics=metrics, log=log)  # never raises
         return result
