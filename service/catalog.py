@@ -44,6 +44,9 @@ class Manifest:
     schema: dict = field(default_factory=dict)  # {"key", "bytes", "sha256"} of schema.dump
     compression: int = 1
     format_version: int = FORMAT_VERSION
+    # A pre-restore backup names the restore it was taken before: space, binding, confirmation
+    # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.
+    before_restore: dict = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -56,6 +59,8 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["tables"] = [asdict(t) for t in self.tables]
+        if not data["before_restore"]:
+            del data["before_restore"]
         return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
 
     @classmethod

@@ -58,6 +58,11 @@ def show_backup(backup_id: str, as_json: bool) -> int:
         print(f"database   {m.database}   server {m.server_version}   pg_dump {m.pg_dump_version}"
               f"   compression {m.compression}")
         print(f"schema     {m.schema.get('key', '-')}   {int(m.schema.get('bytes', 0)):,} bytes")
+        if m.before_restore:
+            r = m.before_restore
+            where = f"{r.get('space')}/{r.get('binding')}" if r.get("space") else r.get("binding")
+            print(f"taken before restoring {r.get('source') or '?'} into {where} "
+                  f"(--confirm {r.get('confirmation')}, run {r.get('run_id')})")
     print(f"\n{'TABLE':<56} {'ROWS':>12} {'BYTES':>14}")
     for t in data["tables"]:
         rows = f"{t['rows']:,}" if "rows" in t else "-"

@@ -3,7 +3,9 @@
 The body is JSON that Slack-compatible receivers accept (a `text` line) and
 generic ones can read field by field (`job`, `outcome`, `error`, `hint`,
 `run_id`, `time`, `recovered`, `space`: the cloud.gov space, so one channel
-can serve dev, staging and production). It never holds a secret: no error detail
+can serve dev, staging and production). A restore (a job that overwrites a
+protected database) is announced however it ends, and its body adds `binding`
+and `confirmation`: what was overwritten and what the operator typed. It never holds a secret: no error detail
 (stderr tails), no URL, every text scrubbed like the log. The webhook's own
 failures are logged and counted and never change how a job ended.
 
@@ -63,13 +65,22 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
     origin = f"{SERVICE_NAME} ({space})" if space else SERVICE_NAME
     message = scrub(error.message) if error is not None and not recovered else ""
     hint = scrub(error.hint) if error is not None and not recovered else ""
+    confirmed = {k: scrub(str(v)) for k, v in (getattr(result, "confirmation", None) or {}).items()}
+    # A restore says which database of which space it overwrote, and what the operator typed.
+    job = result.job
+    if confirmed:
+        target = f"{confirmed['space']}/{confirmed['binding']}" if confirmed.get("space") else confirmed["binding"]
+        job += f" of {target} (--confirm {confirmed['confirmation']})"
     if recovered:
-        text = f"{origin}: {result.job} succeeded again after a failure (run {result.run_id})"
+        text = f"{origin}: {job} succeeded again after a failure (run {result.run_id})"
+    elif result.outcome == "success":
+        text = f"{origin}: {job} succeeded (run {result.run_id})"
     else:
-        text = f"{origin}: {result.job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
+        text = f"{origin}: {job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
         text += f": {message}" if message else ""
         text += f" (hint: {hint})" if hint else ""
         text += f" (run {result.run_id})"
+    extra = {"binding": confirmed["binding"], "confirmation": confirmed["confirmation"]} if confirmed else {}
     return {
         "text": text,
         "service": SERVICE_NAME,
@@ -81,6 +92,7 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
         "hint": hint,
         "run_id": result.run_id,
         "time": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        **extra,
     }
 
 
@@ -95,7 +107,8 @@ def post_json(url: str, payload: dict, timeout: float = TIMEOUT_SECONDS) -> int:
 
 
 def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
-    """Remember how `result` ended and call the webhook if it failed or recovered.
+    """Remember how `result` ended and call the webhook if it failed or recovered, or if it
+    overwrote a protected database (a restore is announced however it ended).
 
     Returns True when a notification was sent. Never raises: a notification
     must not turn a finished job into a failed one.
@@ -106,7 +119,8 @@ def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
         failed = result.outcome in FAILED
         recovered = result.outcome == "success" and previous in FAILED
         url = getattr(config, "webhook_url", None)
-        if not url or not (failed or recovered):
+        protected = bool(getattr(result, "confirmation", None)) and result.outcome != "skipped"
+        if not url or not (failed or recovered or protected):
             return False
         payload = build_payload(result, recovered=recovered, space=getattr(config, "space", None))
         try:

@@ -78,8 +78,9 @@ def sweep_stale_uploads(store: ObjectStore, log, older_than: timedelta = STALE_U
     return swept
 
 
-def backup_database(ctx, kind: str) -> dict:
-    """Run db_to_s3 for a backup of `kind` (see layout.ID_FORMATS); return its figures."""
+def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
+    """Run db_to_s3 for a backup of `kind` (see layout.ID_FORMATS); return its figures.
+    `before_restore` (pre-restore backups) goes into the manifest as it is."""
     config, settings = ctx.config, ctx.config.settings
     store = ctx.backups_store()
     log = ctx.log
@@ -115,6 +116,7 @@ def backup_database(ctx, kind: str) -> dict:
         tables=tuple(sorted(entries, key=lambda e: (e.schema, e.table))),
         schema=schema_entry,
         compression=settings.compression,
+        before_restore=dict(before_restore or {}),
     )
     catalog.write_manifest(store, manifest)
     figures = {

@@ -62,9 +62,11 @@ def check_snapshot(ctx) -> dict:
 def restore_from_snapshot(ctx) -> dict:
     """The db_restore step: checks, a pre-restore backup, then the all-or-nothing copy."""
     started = time.monotonic()
+    source = ctx.config.snapshot_db.name
+    ctx.log.info("restore.started", source=source, target=ctx.config.fac_db.name, **(ctx.confirmation or {}))
     seen = check_snapshot(ctx)
     ctx.scope.check()
-    pre_restore = take_pre_restore_backup(ctx)
+    pre_restore = take_pre_restore_backup(ctx, source)
     ctx.figures_on_failure = {"pre_restore_backup": pre_restore or ""}
     ctx.scope.check()
     figures = copy_database_between(ctx, ctx.config.snapshot_db, ctx.config.fac_db, allow_live_target=True)

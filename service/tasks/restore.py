@@ -110,15 +110,17 @@ def list_user_schemas(db, sslmode: str) -> list[str]:
         return [row[0] for row in conn.execute(USER_SCHEMAS_SQL).fetchall()]
 
 
-def take_pre_restore_backup(ctx) -> str | None:
-    """An ordinary backup of fac-db (`pre-restore-...`); None when fac-db has no user tables
-    (an empty database has nothing to undo, and db_to_s3 refuses an empty one)."""
+def take_pre_restore_backup(ctx, source: str = "") -> str | None:
+    """An ordinary backup of fac-db (`pre-restore-...`) whose manifest names the restore (space,
+    binding, confirmation, `source`, run id); None when fac-db has no user tables (an empty
+    database has nothing to undo, and db_to_s3 refuses an empty one)."""
     with connect(ctx.config.fac_db, sslmode=ctx.config.settings.pg_sslmode, autocommit=True) as conn:
         tables = list_user_tables(conn)
     if not tables:
         ctx.log.info("restore.pre_restore_skipped", reason=f"{ctx.config.fac_db.name} has no user tables")
         return None
-    figures = backup_database(ctx, "pre-restore")
+    figures = backup_database(ctx, "pre-restore", before_restore={
+        **(ctx.confirmation or {}), "source": source, "run_id": ctx.run_id})
     ctx.log.info("restore.pre_restore_backup", backup_id=figures["backup_id"])
     return figures["backup_id"]
 
@@ -140,7 +142,8 @@ def restore_from_s3(ctx) -> dict:
     found = find_backup(store, ctx.args[0])
     if len(found.matched) > 1:
         ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
-    ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy)
+    ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy,
+                 **(ctx.confirmation or {}))
     if found.legacy:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
@@ -150,7 +153,7 @@ def restore_from_s3(ctx) -> dict:
         verify_backup(store, found, parallel=settings.parallel)
     ctx.log.info("restore.verified", backup_id=found.id)
     ctx.scope.check()
-    pre_restore = take_pre_restore_backup(ctx)
+    pre_restore = take_pre_restore_backup(ctx, found.id)
     ctx.figures_on_failure = {"pre_restore_backup": pre_restore or ""}
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
