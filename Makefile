@@ -1,17 +1,24 @@
-# Two commands matter: `make demo` and `make test`. Both build .venv on first use.
+# Two commands matter: `make demo` and `make test`. On a fresh Debian/Ubuntu machine they first
+# install what they need: the system packages listed in scripts/setup-system (with apt-get, as
+# root or through sudo), then .venv from the pinned lock. A second run checks files (milliseconds)
+# and starts at once.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/.installed: requirements.txt requirements-dev.lock pyproject.toml
+.PHONY: system install demo daemon-demo test lint bench
+system:  ## PostgreSQL 15, promtool, faketime, python3-venv: installed when missing, else a quick check
+	@PYTHON=$(PYTHON) scripts/setup-system
+
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+$(BIN)/.installed: requirements.txt requirements-dev.lock pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(PIP) --upgrade pip && $(PIP) -r requirements-dev.lock && $(PIP) --no-deps -e . \
+	  || { printf '\nfac-backup cannot set up .venv: pip failed (above). No network to PyPI, or a %s\n\n' \
+	       'proxy to set (HTTPS_PROXY, PIP_INDEX_URL)? Fix that and run the command again.' >&2; exit 1; }
 	touch $@
 
-.PHONY: install demo daemon-demo test lint bench
-install: $(BIN)/.installed
+install: system $(BIN)/.installed
 
 demo: install  ## scheduled_backup end to end on a throwaway PostgreSQL and a local S3 server
 	$(BIN)/python -m service demo
