@@ -140,6 +140,8 @@ class JobContext:
     store_factory: Callable[..., ObjectStore] = S3ObjectStore
     clock: Callable[[], datetime] | None = None
     figures_on_failure: dict | None = None
+    backup_id: str | None = None  # the backup this run wrote (its media sync records the moment)
+    restored: Any = None  # the FoundBackup an s3_restore step restored (its media step follows it)
     _stores: dict = field(default_factory=dict)
 
     @property

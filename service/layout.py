@@ -5,16 +5,31 @@ Dumps live under `backups/<backup-id>/`: one `<schema>-<table>.dump` per table
 the database, and `manifest.json`, written last. Table keys always hold a '-',
 so `schema.dump` and `manifest.json` can never collide with a table's dump.
 Media objects live at the root of the backups bucket, outside `backups/`.
+Before the media sync replaces a copy whose content changed, it keeps the
+current one under `backups/media-versions/<media key>/<replaced-at>_<mirrored-at>`
+(service.media_versions), and each backup records the moment of its media in
+`backups/<backup-id>/media.json`.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 BACKUPS_PREFIX = "backups/"
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "schema.dump"
+MEDIA_STATE_NAME = "media.json"
+# Not a backup: the media copies the sync replaced. Backup ids never take this name
+# (they all start with a kind of ID_FORMATS), and listings of backups skip it.
+MEDIA_VERSIONS_ID = "media-versions"
+MEDIA_VERSIONS_PREFIX = f"{BACKUPS_PREFIX}{MEDIA_VERSIONS_ID}/"
+# Both stamps are UTC. The first (when the copy was replaced, our clock, to the
+# microsecond) leads and has a fixed width, so a key's versions sort oldest first.
+_REPLACED_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_MIRRORED_FORMAT = "%Y%m%dT%H%M%SZ"
+_VERSION_LEAF = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)_(\d{8}T\d{6}Z)$")
+MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
 
 # job -> (id prefix, strftime pattern), as operators type them (REFERENCE section 3)
 ID_FORMATS = {
@@ -60,6 +75,36 @@ def schema_key(backup_id: str) -> str:
 
 def manifest_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MANIFEST_NAME
+
+
+def media_state_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + MEDIA_STATE_NAME
+
+
+def is_backup_prefix_id(name: str) -> bool:
+    """False for the names under `backups/` that are not backups (the kept media versions)."""
+    return name != MEDIA_VERSIONS_ID
+
+
+def media_version_key(key: str, replaced_at: datetime, mirrored_at: datetime) -> str:
+    """Where the copy of media `key` replaced at `replaced_at` is kept; `mirrored_at` is
+    when that copy was written into the mirror (its LastModified, S3's clock)."""
+    replaced = replaced_at.astimezone(UTC).strftime(_REPLACED_FORMAT)
+    mirrored = mirrored_at.astimezone(UTC).strftime(_MIRRORED_FORMAT)
+    return f"{MEDIA_VERSIONS_PREFIX}{key}/{replaced}_{mirrored}"
+
+
+def parse_media_version_key(version_key: str) -> tuple[str, datetime, datetime] | None:
+    """(media key, replaced_at, mirrored_at) of a kept version's key; None for anything else."""
+    if not version_key.startswith(MEDIA_VERSIONS_PREFIX) or "/" not in version_key[len(MEDIA_VERSIONS_PREFIX):]:
+        return None
+    key, leaf = version_key[len(MEDIA_VERSIONS_PREFIX):].rsplit("/", 1)
+    match = _VERSION_LEAF.match(leaf)
+    if not match or not key:
+        return None
+    replaced = datetime.strptime(match.group(1), _REPLACED_FORMAT).replace(tzinfo=UTC)
+    mirrored = datetime.strptime(match.group(2), _MIRRORED_FORMAT).replace(tzinfo=UTC)
+    return key, replaced, mirrored
 
 
 def is_dump_key(key: str) -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 from service.errors import JobAbortedError, ObjectNotFoundError, StorageError
@@ -36,6 +37,7 @@ class MemoryObjectStore(ObjectStore):
         self.reachable = frozenset(reachable)
         self.objects: dict[str, bytes] = {}
         self.attributes: dict[str, tuple[str, dict[str, str]]] = {}  # key -> (type, metadata)
+        self.modified: dict[str, datetime] = {}  # key -> LastModified, to the second as S3 lists it
         self.uploads: dict[str, tuple[str, dict[int, bytes], dict]] = {}
         self._lock = threading.Lock()
         self._next = 0
@@ -50,6 +52,7 @@ class MemoryObjectStore(ObjectStore):
     def _store(self, key: str, data: bytes, content_type: str | None, metadata) -> None:
         self.objects[key] = data
         self.attributes[key] = (content_type or DEFAULT_CONTENT_TYPE, dict(metadata or {}))
+        self.modified[key] = datetime.now(UTC).replace(microsecond=0)
 
     def get_bytes(self, key: str) -> bytes:
         with self._lock:
@@ -67,20 +70,21 @@ class MemoryObjectStore(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         data = self.get_bytes(key)
         content_type, metadata = self.attributes.get(key, (DEFAULT_CONTENT_TYPE, {}))
-        return ObjectInfo(key, len(data), _etag(data), None, content_type, dict(metadata))
+        return ObjectInfo(key, len(data), _etag(data), self.modified.get(key), content_type, dict(metadata))
 
     def list_objects(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         with self._lock:
-            items = sorted((k, v) for k, v in self.objects.items() if k.startswith(prefix) and k > start_after)
-        for key, data in items:
-            yield ObjectInfo(key, len(data), _etag(data))
+            items = sorted((k, v, self.modified.get(k)) for k, v in self.objects.items()
+                           if k.startswith(prefix) and k > start_after)
+        for key, data, modified in items:
+            yield ObjectInfo(key, len(data), _etag(data), modified)
 
     def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
         folders = set(self.list_prefixes(prefix))
         with self._lock:
-            items = [(k, len(v), _etag(v)) for k, v in self.objects.items()
+            items = [(k, len(v), _etag(v), self.modified.get(k)) for k, v in self.objects.items()
                      if k.startswith(prefix) and "/" not in k[len(prefix):]]
-        level: list = [ObjectInfo(k, size, etag) for k, size, etag in items] + sorted(folders)
+        level: list = [ObjectInfo(k, size, etag, modified) for k, size, etag, modified in items] + sorted(folders)
         yield from sorted(level, key=lambda item: item if isinstance(item, str) else item.key)
 
     def list_prefixes(self, prefix: str) -> list[str]:
@@ -94,6 +98,7 @@ class MemoryObjectStore(ObjectStore):
             for key in keys:
                 self.objects.pop(key, None)
                 self.attributes.pop(key, None)
+                self.modified.pop(key, None)
 
     def copier_for(self, dest: ObjectStore) -> ObjectStore | None:
         if isinstance(dest, MemoryObjectStore) and dest.bucket in self.reachable | {self.bucket}:
@@ -112,15 +117,16 @@ class MemoryObjectStore(ObjectStore):
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
         source_etag: str | None = None,
+        source_key: str | None = None,
     ) -> str:
         if not isinstance(source, MemoryObjectStore) or source.copier_for(self) is not self:
             raise StorageError(f"cannot copy {key} from bucket {source.bucket} server-side")
         if cancelled is not None and cancelled():
             raise JobAbortedError("the copy was cancelled")
-        info = source.head(key)
-        data = source.get_bytes(key)
+        info = source.head(source_key or key)
+        data = source.get_bytes(source_key or key)
         if source_etag is not None and source_etag != info.etag:
-            raise StorageError(f"{key} in bucket {source.bucket} changed during the copy")
+            raise StorageError(f"{source_key or key} in bucket {source.bucket} changed during the copy")
         if metadata is None:
             content_type, metadata = info.content_type, info.metadata
         with self._lock:

@@ -137,8 +137,10 @@ class ObjectStore(ABC):
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
         source_etag: str | None = None,
+        source_key: str | None = None,
     ) -> str:
-        """Copy `source`'s object `key` (of `size` bytes) to the same key here, server-side.
+        """Copy `source`'s object `key` (of `size` bytes) to the same key here, server-side;
+        with `source_key`, copy that object of `source` into `key` instead.
 
         `self` must come from `source.copier_for(...)`. Without `metadata` the
         source's type and metadata are copied as they are; with it they are

@@ -299,10 +299,11 @@ class S3ObjectStore(ObjectStore):
         part_size: int = 512 * 1024 * 1024,
         cancelled: Callable[[], bool] | None = None,
         source_etag: str | None = None,
+        source_key: str | None = None,
     ) -> str:
         if cancelled is not None and cancelled():
             raise JobAbortedError("the copy was cancelled")
-        copy_source = {"Bucket": source.bucket, "Key": key}
+        copy_source = {"Bucket": source.bucket, "Key": source_key or key}
         extra = {}
         if metadata is not None:
             extra = {"MetadataDirective": "REPLACE", **_attributes(content_type or _DEFAULT_TYPE, metadata)}
@@ -324,7 +325,7 @@ class S3ObjectStore(ObjectStore):
             try:
                 info = self.client.head_object(**copy_source)
             except (ClientError, BotoCoreError) as exc:
-                raise _translate(exc, "HEAD", copy_source["Bucket"], key) from exc
+                raise _translate(exc, "HEAD", copy_source["Bucket"], copy_source["Key"]) from exc
             extra = {**extra, "MetadataDirective": "REPLACE",
                      **_attributes(info.get("ContentType") or _DEFAULT_TYPE, info.get("Metadata") or {})}
         config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(part_size, MIN_PART_SIZE),

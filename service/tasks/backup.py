@@ -119,6 +119,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         before_restore=dict(before_restore or {}),
     )
     catalog.write_manifest(store, manifest)
+    ctx.backup_id = backup_id
     figures = {
         "backup_id": backup_id,
         "tables": len(manifest.tables),

@@ -161,6 +161,7 @@ def restore_from_s3(ctx) -> dict:
         tables = load_backup(ctx, session, store, found, target, env)
         ctx.scope.check()
         session.commit()
+    ctx.restored = found
     figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy,
                "pre_restore_backup": pre_restore or "", "seconds": round(time.monotonic() - started, 3)}
     if found.manifest is not None:

@@ -18,6 +18,12 @@ How a run decides, object by object (`sync_plan.plan_object`):
   not an MD5 either, without the "-N": they would be copied on every run.)
 - Keys only in the destination are left alone: the sync never deletes.
 
+Before a copy replaces an object of the backups bucket whose content differs,
+the current copy is kept under `backups/media-versions/` (service.media_versions),
+server-side, and only once that keep succeeded is the object replaced. A
+restore of a backup (`s3_restore`) copies each key's content at that backup's
+moment (a kept version or the mirror copy); `db_restore` copies the mirror.
+
 Copies are server-side (CopyObject, or UploadPartCopy from
 `multipart_threshold` bytes on) when the source binding's credentials reach the
 destination bucket (cloud.gov's `additional_buckets`); otherwise each object
@@ -34,10 +40,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from service import layout
 from service.commands import CancelScope
-from service.errors import ServiceError, SyncError
+from service.errors import ObjectNotFoundError, ServiceError, SyncError
+from service.media_versions import MomentPlan, read_moment, write_media_state
 from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
 from service.tasks.sync_plan import (  # noqa: F401 - re-exported: the sync's vocabulary
     CHECK,
@@ -68,12 +76,17 @@ class SyncReport:
     skipped: int = 0
     skipped_bytes: int = 0
     checked: int = 0
+    kept: int = 0  # copies kept under backups/media-versions/ before being replaced
+    kept_bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     failed_bytes: int = 0
+    dest_objects: int = 0  # what the destination holds once the run is over
+    dest_bytes: int = 0
     seconds: float = 0.0
+    plan: MomentPlan | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, outcome: str, size: int, key: str = "", error: str = "") -> None:
+    def add(self, outcome: str, size: int, key: str = "", error: str = "", replaced: ObjectInfo | None = None) -> None:
         with self.lock:
             if outcome == COPY:
                 self.copied, self.copied_bytes = self.copied + 1, self.copied_bytes + size
@@ -82,12 +95,31 @@ class SyncReport:
             else:
                 self.failures[key] = error
                 self.failed_bytes += size
+                # Counted in dest_* as copied when planned: the old copy stays instead, or nothing.
+                if replaced is None:
+                    self.dest_objects, self.dest_bytes = self.dest_objects - 1, self.dest_bytes - size
+                else:
+                    self.dest_bytes += replaced.size - size
+
+    def count_dest(self, size: int) -> None:
+        with self.lock:
+            self.dest_objects, self.dest_bytes = self.dest_objects + 1, self.dest_bytes + size
+
+    def add_kept(self, size: int) -> None:
+        with self.lock:
+            self.kept, self.kept_bytes = self.kept + 1, self.kept_bytes + size
 
     def figures(self) -> dict:
-        return {"source": self.source, "dest": self.dest, "mode": self.mode, "copied": self.copied,
-                "copied_bytes": self.copied_bytes, "skipped": self.skipped, "skipped_bytes": self.skipped_bytes,
-                "checked": self.checked, "failed": len(self.failures), "failed_bytes": self.failed_bytes,
-                "seconds": self.seconds}
+        found = {"source": self.source, "dest": self.dest, "mode": self.mode, "copied": self.copied,
+                 "copied_bytes": self.copied_bytes, "skipped": self.skipped, "skipped_bytes": self.skipped_bytes,
+                 "checked": self.checked, "kept": self.kept, "kept_bytes": self.kept_bytes,
+                 "failed": len(self.failures), "failed_bytes": self.failed_bytes,
+                 "dest_objects": self.dest_objects, "dest_bytes": self.dest_bytes, "seconds": self.seconds}
+        if self.plan is not None:
+            found.update(backup_id=self.plan.moment.backup_id, moment=self.plan.moment.synced_at.isoformat(),
+                         moment_from=self.plan.moment.source, from_versions=self.plan.from_versions,
+                         from_versions_bytes=self.plan.from_versions_bytes, not_in_backup=self.plan.not_in_backup)
+        return found
 
 
 def list_media_by_folder(store: ObjectStore, stop: threading.Event) -> Iterator[ObjectInfo]:
@@ -145,37 +177,64 @@ def _prefetch(items: Iterator[ObjectInfo], stop: threading.Event) -> Iterator[Ob
 
 
 class _Copier:
-    """Copies one object, server-side when `server` is set, else by streaming."""
+    """Copies one object, server-side when `server` is set, else by streaming; keeps the
+    destination's current copy first when `keeper` is set."""
 
     def __init__(self, source: ObjectStore, dest: ObjectStore, server: ObjectStore | None,
-                 multipart_threshold: int, part_size: int, cancelled: Callable[[], bool]) -> None:
+                 multipart_threshold: int, part_size: int, cancelled: Callable[[], bool],
+                 keeper: ObjectStore | None = None, clock: Callable[[], datetime] | None = None) -> None:
         self.source, self.dest, self.server = source, dest, server
         self.threshold, self.part_size, self.cancelled = multipart_threshold, part_size, cancelled
+        self.keeper, self.clock = keeper, clock or (lambda: datetime.now(UTC))
 
-    def copy(self, src: ObjectInfo) -> None:
+    def keep(self, current: ObjectInfo) -> str:
+        """Copy the destination's `current` copy under backups/media-versions/ (server-side,
+        UploadPartCopy for large ones), exactly the content listed (If-Match on its ETag)."""
+        assert self.keeper is not None
+        version_key = layout.media_version_key(current.key, self.clock(),
+                                               current.last_modified or datetime(1970, 1, 1, tzinfo=UTC))
+        if len(version_key.encode("utf-8")) > layout.MAX_KEY_BYTES:
+            raise SyncError(f"{current.key} cannot be replaced: its kept copy's key would exceed "
+                            f"S3's {layout.MAX_KEY_BYTES} bytes, and it is never replaced without one",
+                            hint="the old copy stays in place; shorten the key in the source bucket")
+        self.keeper.copy_from(self.dest, version_key, source_key=current.key, size=current.size,
+                              source_etag=current.etag or None, multipart_threshold=self.threshold,
+                              part_size=max(self.part_size, 64 * 1024 * 1024), cancelled=self.cancelled)
+        return version_key
+
+    def copy(self, src: ObjectInfo, target: str | None = None) -> None:
+        """Copy `src` into the destination's `target` (by default the same key)."""
+        target = target or src.key
         if self.server is None:
-            self._stream(src.key)
+            self._stream(src.key, target)
             return
         if not is_multipart_etag(src.etag) and src.size < self.threshold:
             # CopyObject keeps the MD5 ETag and the metadata: nothing to record.
-            self.server.copy_from(self.source, src.key, size=src.size, cancelled=self.cancelled)
+            self.server.copy_from(self.source, target, source_key=src.key, size=src.size, cancelled=self.cancelled)
             return
         # The new ETag will not equal the source's: record the source's, and copy
         # only the version it names.
         info = self.source.head(src.key)
         self.server.copy_from(
-            self.source, src.key, size=info.size, content_type=info.content_type,
+            self.source, target, source_key=src.key, size=info.size, content_type=info.content_type,
             metadata={**info.metadata, SOURCE_ETAG: info.etag}, source_etag=info.etag,
             multipart_threshold=self.threshold, part_size=self.part_size, cancelled=self.cancelled)
 
-    def _stream(self, key: str) -> None:
+    def _stream(self, key: str, target: str) -> None:
         info, body = self.source.open_object(key)
         try:
-            self.dest.upload_stream(key, body, part_size=self.part_size, cancelled=self.cancelled,
+            self.dest.upload_stream(target, body, part_size=self.part_size, cancelled=self.cancelled,
                                     content_type=info.content_type,
                                     metadata={**info.metadata, SOURCE_ETAG: info.etag})
         finally:
             body.close()
+
+
+def _head_or_none(store: ObjectStore, key: str) -> ObjectInfo | None:
+    try:
+        return store.head(key)
+    except ObjectNotFoundError:
+        return None
 
 
 def sync_bucket(
@@ -187,9 +246,16 @@ def sync_bucket(
     part_size: int = 8 * 1024 * 1024,
     scope: CancelScope | None = None,
     log=None,
+    keep_versions: bool = False,
+    plan: MomentPlan | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> SyncReport:
     """Copy every media object of `source` missing in or different from `dest`.
 
+    With `keep_versions` (the backups bucket is `dest`), a copy that replaces
+    different content is kept under backups/media-versions/ first. With `plan`
+    (the backups bucket is `source`), each key's content is the one `plan`
+    names for its backup's moment, and keys that came after it are left alone.
     An object that fails is recorded in the report's `failures` and the others
     go on (the step turns failures into a SyncError). Raises StorageError when a
     listing fails, and JobAbortedError when `scope` is cancelled (checked
@@ -197,54 +263,80 @@ def sync_bucket(
     """
     scope = scope or CancelScope()
     server = source.copier_for(dest)
-    copier = _Copier(source, dest, server, multipart_threshold, part_size, lambda: scope.cancelled)
-    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed")
+    keeper = dest.copier_for(dest) if keep_versions else None
+    if keep_versions and keeper is None:
+        raise SyncError(f"cannot copy inside s3://{dest.bucket} server-side to keep replaced media",
+                        hint="the backups binding's credentials must be allowed to copy within its bucket")
+    copier = _Copier(source, dest, server, multipart_threshold, part_size, lambda: scope.cancelled, keeper, clock)
+    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed", plan=plan)
     started = time.monotonic()
     if log is not None:
         log.info("media_sync.started", source=source.bucket, dest=dest.bucket, mode=report.mode,
-                 concurrency=concurrency)
+                 concurrency=concurrency, keep_versions=keep_versions,
+                 **({"backup_id": plan.moment.backup_id, "moment": plan.moment.synced_at.isoformat(),
+                     "versions_after_moment": len(plan.after)} if plan is not None else {}))
     slots = threading.BoundedSemaphore(concurrency * 2)  # queued + running work, whatever the bucket size
     stop = threading.Event()
 
-    def work(action: str, src: ObjectInfo, dst: ObjectInfo | None) -> None:
+    def work(action: str, src: ObjectInfo, dst: ObjectInfo | None, target: str) -> None:
         try:
             if scope.cancelled:
                 return
             if action == CHECK:
                 with report.lock:
                     report.checked += 1
-                if same_content(src, dest.head(src.key)) or same_content(source.head(src.key), dst):
+                live = _head_or_none(dest, target)
+                if live is not None and (same_content(src, live) or (
+                        dst is not None and same_content(source.head(src.key), dst))):
                     report.add(SKIP, src.size)
                     return
-            copier.copy(src)
+                dst = dst or live
+            if keeper is not None and dst is not None:
+                version_key = copier.keep(dst)
+                report.add_kept(dst.size)
+                if log is not None:
+                    log.debug("media_sync.kept", key=dst.key, version=version_key, bytes=dst.size)
+            copier.copy(src, target)
             report.add(COPY, src.size)
         except ServiceError as exc:
             if not scope.cancelled:
-                report.add("failed", src.size, src.key, exc.message)
+                report.add("failed", src.size, target, exc.message, replaced=dst)
                 if log is not None:
-                    log.error("media_sync.object_failed", key=src.key, error=exc.message, detail=exc.detail)
+                    log.error("media_sync.object_failed", key=target, error=exc.message, detail=exc.detail)
         except Exception as exc:  # noqa: BLE001 - one object's fault must not stop the rest
-            report.add("failed", src.size, src.key, f"{type(exc).__name__}: {exc}")
+            report.add("failed", src.size, target, f"{type(exc).__name__}: {exc}", replaced=dst)
             if log is not None:
-                log.exception("media_sync.object_failed", key=src.key)
+                log.exception("media_sync.object_failed", key=target)
         finally:
             slots.release()
+
+    def submit(action: str, src: ObjectInfo, dst: ObjectInfo | None, target: str) -> None:
+        slots.acquire()
+        pool.submit(work, action, src, dst, target)
 
     try:
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync") as pool:
             merged = merge_listings(_prefetch(list_media_by_folder(source, stop), stop),
                                     _prefetch(list_media_by_folder(dest, stop), stop))
-            for _key, src, dst in merged:
+            for key, src, dst in merged:
                 if scope.cancelled:
                     break
-                action = plan_object(src, dst)
+                if plan is not None and src is not None:
+                    src = plan.source_for(key, src)  # None: the key came after the backup's moment
                 if src is None:
+                    if dst is not None:
+                        report.count_dest(dst.size)
                     continue
+                report.count_dest(src.size)
+                action = plan_object(src, dst)
                 if action == SKIP:
                     report.add(SKIP, src.size)
                     continue
-                slots.acquire()
-                pool.submit(work, action, src, dst)
+                submit(action, src, dst, key)
+            for key, src in (plan.leftovers() if plan is not None else ()):
+                if scope.cancelled:
+                    break
+                submit(CHECK, src, None, key)  # a key whose mirror copy is gone
     finally:
         stop.set()
         report.seconds = round(time.monotonic() - started, 3)
@@ -254,12 +346,21 @@ def sync_bucket(
     return report
 
 
-def _run(ctx, source: ObjectStore, dest: ObjectStore) -> dict:
-    """The step: sync, log the figures, fail after the fact for failed objects."""
+def _run(ctx, source: ObjectStore, dest: ObjectStore, *, keep_versions: bool = False,
+         plan: MomentPlan | None = None, backup_id: str | None = None) -> dict:
+    """The step: sync, log the figures, record a backup's media moment, and fail after the
+    fact for failed objects."""
     settings = ctx.config.settings
     report = sync_bucket(source, dest, concurrency=settings.sync_concurrency, part_size=settings.min_part_size,
-                         scope=ctx.scope, log=ctx.log)
+                         scope=ctx.scope, log=ctx.log, keep_versions=keep_versions, plan=plan)
     figures = report.figures()
+    if backup_id is not None:
+        # Written even when objects failed: they keep their older content, which is
+        # what the backup then holds for them; the moment is still exact for the rest.
+        state = write_media_state(dest, backup_id, datetime.now(UTC), figures)
+        figures["backup_id"], figures["moment"] = backup_id, state["synced_at"]
+        ctx.log.info("media_sync.moment_recorded", backup_id=backup_id, moment=state["synced_at"],
+                     objects=report.dest_objects, bytes=report.dest_bytes)
     if report.failures:
         ctx.figures_on_failure = figures
         keys = sorted(report.failures)
@@ -276,10 +377,31 @@ def _run(ctx, source: ObjectStore, dest: ObjectStore) -> dict:
 
 
 def sync_media(ctx) -> dict:
-    """Step `media_sync`: copy new and changed media from fac-private-s3 into the backups bucket."""
-    return _run(ctx, ctx.media_store(), ctx.backups_store())
+    """Step `media_sync`: copy new and changed media from fac-private-s3 into the backups bucket,
+    keeping each replaced copy; in a backup job, record the moment of that backup's media."""
+    return _run(ctx, ctx.media_store(), ctx.backups_store(), keep_versions=True,
+                backup_id=ctx.backup_id)
 
 
 def sync_media_back(ctx) -> dict:
-    """Step `media_restore`: copy media from the backups bucket back into fac-private-s3."""
-    return _run(ctx, ctx.backups_store(), ctx.media_store())
+    """Step `media_restore`: copy media from the backups bucket back into fac-private-s3.
+
+    After `s3_restore BACKUP_ID`, each key gets its content at that backup's moment
+    (service.media_versions); after `db_restore` (the snapshot has no moment in
+    the bucket), the mirror's latest copy.
+    """
+    store = ctx.backups_store()
+    plan = None
+    found = ctx.restored  # what the s3_restore step restored (None after db_restore)
+    if found is not None:
+        if found.manifest is None:
+            ctx.log.warning("media_restore.latest_copies", backup_id=found.id,
+                            reason="a legacy backup records no moment: the latest copy of every key is restored")
+        else:
+            moment = read_moment(store, found.manifest)
+            if moment.source != "media.json":
+                ctx.log.warning("media_restore.moment_from_manifest", backup_id=found.id,
+                                moment=moment.synced_at.isoformat(),
+                                reason="the backup has no media record; its manifest's finished_at is used")
+            plan = MomentPlan(moment).load(store)
+    return _run(ctx, store, ctx.media_store(), plan=plan)

@@ -100,7 +100,9 @@ def test_same_size_change_is_copied_and_an_unchanged_rerun_only_lists(sandbox):
     recorder = Recorder()
     result = sandbox.run("media_sync", store_factory=recorder.factory)
     assert backups.get_bytes("a.pdf") == b"version-2"
-    assert recorder.writes() == [("CopyObject", "a.pdf")]
+    (keep, kept_key), replace = recorder.writes()  # the old copy is kept first, then replaced
+    assert keep == "CopyObject" and kept_key.startswith("backups/media-versions/a.pdf/")
+    assert replace == ("CopyObject", "a.pdf") and backups.get_bytes(kept_key) == b"version-1"
     assert (result.steps[0].figures["copied"], result.steps[0].figures["skipped"]) == (1, 1)
     recorder = Recorder()
     result = sandbox.run("media_sync", store_factory=recorder.factory)
