@@ -115,7 +115,7 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
     by_id: dict[str, list] = {}
     for obj in store.list_objects(layout.BACKUPS_PREFIX):
         rest = obj.key[len(layout.BACKUPS_PREFIX):]
-        if "/" not in rest:
+        if "/" not in rest or obj.key.startswith(layout.MEDIA_VERSIONS_PREFIX):
             continue
         parts = rest.split("/")
         # The old tool also wrote `backups/<operation>/<stamp>/<dump>`; our ids never hold a '/'.

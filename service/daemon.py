@@ -67,7 +67,7 @@ class CatalogWatcher:
     def _refresh(self) -> None:
         try:
             ids = [p[len(layout.BACKUPS_PREFIX):].rstrip("/")
-                   for p in self.store.list_prefixes(layout.BACKUPS_PREFIX)]
+                   for p in self.store.list_prefixes(layout.BACKUPS_PREFIX) if p != layout.MEDIA_VERSIONS_PREFIX]
             for backup_id in ids:
                 if backup_id in self.known:
                     continue

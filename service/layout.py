@@ -81,11 +81,6 @@ def media_state_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MEDIA_STATE_NAME
 
 
-def is_backup_prefix_id(name: str) -> bool:
-    """False for the names under `backups/` that are not backups (the kept media versions)."""
-    return name != MEDIA_VERSIONS_ID
-
-
 def media_version_key(key: str, replaced_at: datetime, mirrored_at: datetime) -> str:
     """Where the copy of media `key` replaced at `replaced_at` is kept; `mirrored_at` is
     when that copy was written into the mirror (its LastModified, S3's clock)."""

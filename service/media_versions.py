@@ -35,6 +35,7 @@ prunes it like everything else under `backups/`.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -152,3 +153,17 @@ class MomentPlan:
             source = self.source_for(key, None)
             if source is not None:
                 yield key, source
+
+
+def versions_needed(replaced: list[datetime], moments: list[datetime]) -> list[bool]:
+    """For one key's kept versions (replaced_at, oldest first): which a backup needs.
+
+    A restore to moment T takes the earliest version replaced after T, so the
+    version replaced at r[i] serves exactly the moments in [r[i-1], r[i]) (from
+    the beginning of time for the first). `moments` must be sorted.
+    """
+    needed = []
+    for i, replaced_at in enumerate(replaced):
+        start = bisect_left(moments, replaced[i - 1]) if i else 0
+        needed.append(start < len(moments) and moments[start] < replaced_at)
+    return needed

@@ -23,6 +23,7 @@ from service import catalog, layout, notify
 from service.errors import BackupNotFoundError, IntegrityError, SafetyError
 from service.retention import COMPLETE, FOREIGN, INCOMPLETE, Decision, Record, decide, refusal
 from service.storage import ObjectInfo, ObjectStore
+from service.tasks.prune_versions import prune_media_versions
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -32,7 +33,7 @@ def group_prefixes(store: ObjectStore) -> dict[str, list[ObjectInfo]]:
     groups: dict[str, list[ObjectInfo]] = {}
     for obj in store.list_objects(layout.BACKUPS_PREFIX):
         rest = obj.key[len(layout.BACKUPS_PREFIX):]
-        if "/" in rest:
+        if "/" in rest and not obj.key.startswith(layout.MEDIA_VERSIONS_PREFIX):
             groups.setdefault(rest.split("/", 1)[0], []).append(obj)
     return groups
 
@@ -115,8 +116,11 @@ def prune_backups(ctx) -> dict:
             ctx.log.info("prune.deleted", backup_id=d.record.id, bytes=d.record.bytes)
     else:
         deleted, deleted_bytes = len(doomed), sum(d.record.bytes for d in doomed)
+    # After the backups: a backup must never outlive the versions its media restore needs.
+    versions = prune_media_versions(ctx, store, decisions, now, apply)
     kept = [d for d in decisions if d.keep]
     return {
+        **versions,
         "applied": apply,
         "kept": len(kept),
         "kept_bytes": sum(d.record.bytes for d in kept),
