@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: system install demo daemon-demo test lint bench
+.PHONY: system install demo daemon-demo test lint bench bench-scale
 system:  ## PostgreSQL 15, promtool, faketime, python3-venv: installed when missing, else a quick check
 	@PYTHON=$(PYTHON) scripts/setup-system
 
@@ -34,3 +34,6 @@ lint: install
 
 bench: install  ## FAC-like ~1 GB database, old method vs ours, same run
 	$(BIN)/python -m bench
+
+bench-scale: install  ## cost against size: media sync at 10k/100k objects, backup+restore at two sizes (long)
+	$(BIN)/python -m bench scale

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 from service.config import load_config
 from service.finder import FoundBackup, find_backup
 from service.log import configure_logging, register_secrets
+from service.media_versions import summarize_moment
 from service.pgtools import INHERITED_ENV, build_program_path
 from service.storage import S3ObjectStore
+from service.tasks.sync import list_media_by_folder
 from service.verify import verify_backup
 
 
@@ -38,11 +41,39 @@ def describe(found: FoundBackup) -> dict:
             "total_bytes": sum(t.bytes for t in found.legacy_tables)}
 
 
+def describe_media(store, found: FoundBackup) -> dict:
+    """The media a restore of `found` brings back (service.media_versions): one listing of the mirror."""
+    if found.manifest is None:
+        return {"moment": None, "moment_from": "none: a legacy backup restores the latest copy of every key"}
+    stop = threading.Event()
+    try:
+        return summarize_moment(store, found.manifest, list_media_by_folder(store, stop))
+    finally:
+        stop.set()
+
+
+def _print_media(media: dict) -> None:
+    if media.get("moment") is None:
+        print(f"\nmedia      {media['moment_from']}")
+        return
+    source = "its media sync" if media["moment_from"] == "media.json" else \
+        "its manifest's finished_at (no media record)"
+    print(f"\nmedia      as of {media['moment']} ({source})")
+    print(f"           {media['objects']:,} objects, {media['bytes']:,} bytes to bring back; "
+          f"{media['from_versions']:,} of them ({media['from_versions_bytes']:,} bytes) from kept versions")
+    if media["not_in_backup"]:
+        print(f"           {media['not_in_backup']:,} later keys are not part of it (a restore leaves them alone)")
+    if media.get("recorded_objects") is not None and media["recorded_objects"] != media["objects"]:
+        print(f"           the sync recorded {media['recorded_objects']:,} objects, "
+              f"{media['recorded_bytes']:,} bytes: some copies have gone since (expired or removed)")
+
+
 def show_backup(backup_id: str, as_json: bool) -> int:
-    """Print a backup's manifest (tables, rows, bytes, times, versions)."""
+    """Print a backup's manifest (tables, rows, bytes, times, versions) and its media state."""
     _, store = _open_backups()
     found = find_backup(store, backup_id)
     data = describe(found)
+    data["media"] = describe_media(store, found)
     if as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -70,6 +101,7 @@ def show_backup(backup_id: str, as_json: bool) -> int:
     total_rows = f"{data['total_rows']:,}" if "total_rows" in data else "-"
     count = f"{len(data['tables'])} tables"
     print(f"{count:<56} {total_rows:>12} {data['total_bytes']:>14,}")
+    _print_media(data["media"])
     return 0
 
 

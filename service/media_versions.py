@@ -167,3 +167,21 @@ def versions_needed(replaced: list[datetime], moments: list[datetime]) -> list[b
         start = bisect_left(moments, replaced[i - 1]) if i else 0
         needed.append(start < len(moments) and moments[start] < replaced_at)
     return needed
+
+
+def summarize_moment(store: ObjectStore, manifest, listing: Iterator[ObjectInfo]) -> dict:
+    """What a restore of this backup's media would bring back from `store` today (the
+    mirror's `listing` streamed once): objects, bytes, and how many come from kept versions."""
+    moment = read_moment(store, manifest)
+    plan = MomentPlan(moment).load(store)
+    objects = total = 0
+    for mirror in listing:
+        source = plan.source_for(mirror.key, mirror)
+        if source is not None:
+            objects, total = objects + 1, total + source.size
+    for _key, source in plan.leftovers():
+        objects, total = objects + 1, total + source.size
+    return {"moment": moment.synced_at.isoformat(), "moment_from": moment.source, "objects": objects,
+            "bytes": total, "from_versions": plan.from_versions, "from_versions_bytes": plan.from_versions_bytes,
+            "not_in_backup": plan.not_in_backup,
+            "recorded_objects": moment.state.get("dest_objects"), "recorded_bytes": moment.state.get("dest_bytes")}

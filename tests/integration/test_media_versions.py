@@ -4,6 +4,7 @@ deletes a kept version exactly when no kept backup needs it any more."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -64,7 +65,8 @@ def backup(box) -> str:
 def restore_media(box, backup_id: str) -> dict:
     """The media step of `s3_restore backup_id`, as the job runs it after the database step."""
     ctx = jobs.JobContext(box.config(), jobs.JOBS["s3_restore"], "test", (backup_id,), log=get_logger())
-    ctx.restored = FoundBackup(backup_id, layout.backup_prefix(backup_id), catalog.read_manifest(box.store(), backup_id))
+    manifest = catalog.read_manifest(box.store(), backup_id)
+    ctx.restored = FoundBackup(backup_id, layout.backup_prefix(backup_id), manifest)
     return jobs.STEPS["media_restore"](ctx)
 
 
@@ -124,7 +126,8 @@ def test_unchanged_objects_and_first_copies_keep_nothing(sandbox):
 
 
 def test_odd_keys_round_trip_through_a_kept_version(sandbox):
-    """Spaces, non-ASCII, deep prefixes and a folder marker: kept, then restored byte for byte."""
+    """Spaces, non-ASCII, deep prefixes and a folder marker: kept, shown by `show`, then restored
+    byte for byte."""
     media, backups = sandbox.media_store(), sandbox.store()
     fill(media, ODD)
     manifest = _fake_manifest("on-demand-202611260900")
@@ -135,6 +138,16 @@ def test_odd_keys_round_trip_through_a_kept_version(sandbox):
     fill(media, {key: data.replace(b"v1", b"v2 (longer)") for key, data in ODD.items()})
     assert sandbox.run("media_sync").steps[0].figures["kept"] == len(ODD)
     assert kept(backups) == {key: [data] for key, data in ODD.items()}
+    _wait_for_s3_clock_after(backups, read_moment(backups, manifest).recorded_at)
+    fill(media, {"later.pdf": b"after the backup"})
+    assert sandbox.run("media_sync").outcome == "success"
+    shown = sandbox.cli("show", manifest.id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {k: v for k, v in json.loads(shown.stdout)["media"].items() if k != "moment"} == {
+        "moment_from": "media.json", "objects": len(ODD), "bytes": sum(map(len, ODD.values())),
+        "from_versions": len(ODD), "from_versions_bytes": sum(map(len, ODD.values())), "not_in_backup": 1,
+        "recorded_objects": len(ODD), "recorded_bytes": sum(map(len, ODD.values()))}
+    assert "from kept versions" in sandbox.cli("show", manifest.id).stdout
     figures = restore_media(sandbox, manifest.id)
     assert {key: media.get_bytes(key) for key in ODD} == ODD
     assert figures["from_versions"] == len(ODD) and figures["from_versions_bytes"] == sum(map(len, ODD.values()))

@@ -1,0 +1,198 @@
+"""`python -m bench scale [--media-sizes=10000,100000] [--db-scales=0.25,1]`: does cost grow
+no faster than the work? Not part of `make bench`'s default run (it takes tens of minutes);
+`make bench-scale` runs it. An empty list skips that half.
+
+Media: a source bucket of N small objects (1-4 KB, fixed seed; moto keeps every
+object in memory, so sizes stay small and the count is what is measured), for N
+in --media-sizes (10,000 and 100,000). Our `media_sync` job (a child process, as
+`cf run-task` runs it: lock, listing, copies, kept versions) and `aws s3 sync`
+each copy it into a fresh bucket, then run again with nothing changed. Same
+moto server (in this process, idle meanwhile, so this process's CPU time is the
+server's), same run.
+
+Database: `scheduled_backup` and then `s3_restore` of that backup into an empty
+database, on FAC-like databases of --db-scales times the benchmark database's
+rows (1 is the ~0.9 GB of `fac_bench`), each built once and cached as
+`fac_bench_s<scale>`.
+
+Per size: wall time, time per object or per GB, and the peak memory (VmHWM) of
+our process as its job summary reports it. Targets, larger size against the
+smaller: peak memory within 10% (flat), time per unit at most 1.2x.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from psycopg import sql
+
+from bench.common import BenchEnv, database_size, mib, print_table, run_child, run_job_child
+from bench.restore import check_counts, read_manifest
+from service.sample_data import load_sample_database
+from service.sandbox import LocalPostgres, LocalS3
+from service.storage import S3ObjectStore
+from service.vcap import BucketBinding
+
+SEED = 20261126
+MEMORY_TARGET = 1.10
+TIME_TARGET = 1.20
+FOLDERS = ("singleauditreport", "excel", "pdf/2024", "pdf/2025", "workbooks/federal awards")
+BASE_ROWS = 600_000  # bench.common.DEFAULT_SCALE's general_rows
+
+
+def _option(argv: list[str], name: str, default: str) -> str:
+    """`--name=value` (python -m bench hands a part only the arguments starting with '-')."""
+    for arg in argv:
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def _server_cpu() -> float:
+    """CPU seconds of this process, which hosts the moto server and idles during a measured run."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fill_bucket(env: BenchEnv, bucket: str, count: int) -> int:
+    """`count` objects of 1-4 KB in `bucket`, 32 at a time; returns their bytes."""
+    store = S3ObjectStore(BucketBinding("bench", bucket, "us-gov-west-1", env.s3.endpoint_url, "testing", "testing"))
+    rng = random.Random(SEED)
+    sizes = {f"{FOLDERS[i % len(FOLDERS)]}/{i:07d}--general.pdf": rng.randint(1024, 4096) for i in range(count)}
+
+    def put(key: str) -> None:
+        store.put_bytes(key, random.Random(f"{SEED}:{key}").randbytes(sizes[key]))
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, sizes))
+    return sum(sizes.values())
+
+
+def media_part(env: BenchEnv, sizes: list[int]) -> tuple[list[tuple], list[dict]]:
+    rows, measured = [], []
+    db, snapshot = env.new_database(), env.new_database()  # fac-db only holds the job's lock here
+    for count in sizes:
+        src, ours_dst, aws_dst = env.s3.create_bucket(), env.s3.create_bucket(), env.s3.create_bucket()
+        t0 = time.perf_counter()
+        total = fill_bucket(env, src, count)
+        print(f"bench.scale: {count:,} objects ({total / 1e6:.0f} MB) written in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+        job_env = env.vcap_env(db=db, snapshot_db=snapshot, media=src, backups=ours_dst)
+        for case in ("first copy", "no change"):
+            cpu = _server_cpu()
+            wall, summary = run_job_child(["media_sync"], job_env)
+            our_cpu = _server_cpu() - cpu
+            step = summary["steps"][0]
+            cpu = _server_cpu()
+            aws = run_child([*env.aws(), "s3", "sync", "--only-show-errors", f"s3://{src}", f"s3://{aws_dst}"],
+                            env.aws_env())
+            aws_cpu = _server_cpu() - cpu
+            job_s = summary["duration_seconds"]
+            measured.append({"part": f"media sync, {case}", "size": count, "seconds": job_s,
+                             "per_unit": job_s / count, "peak": summary["peak_rss_bytes"]})
+            rows.append((f"media sync, {case}", f"{count:,} objects", f"{wall:.1f}", f"{job_s:.1f}",
+                         f"{job_s / count * 1e3:.2f} ms", mib(summary["peak_rss_bytes"]), f"{our_cpu:.1f}",
+                         f"{aws:.1f}", f"{aws_cpu:.1f}", f"{job_s / aws:.2f}x",
+                         f"{step['copied']} copied, {step['skipped']} skipped, {step['kept']} kept"))
+    return rows, measured
+
+
+def scaled_database(env: BenchEnv, scale: float) -> str:
+    """The benchmark database at `scale` times its rows, built once and cached under its own
+    name (so that the other benchmarks' `fac_bench` is never rebuilt under their feet)."""
+    name = f"fac_bench_s{str(scale).replace('.', '_')}"
+    wanted = {"general_rows": int(BASE_ROWS * scale), "awards_per_audit": 8, "small_tables": 40}
+    marker = repr(sorted(wanted.items()))
+    with env.pg.connect() as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists:
+        with env.pg.connect(name) as conn:
+            row = conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()
+            if row[0] and conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0] == marker:
+                return name
+    print(f"bench.scale: building {name} ({marker}) ...", file=sys.stderr)
+    env.pg.drop_database(name)
+    env.pg.create_database(name)
+    with env.pg.connect(name) as conn:
+        load_sample_database(conn, **wanted)
+        conn.execute("CREATE TABLE public.bench_marker (scale text)")
+        conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))
+    return name
+
+
+def database_part(env: BenchEnv, scales: list[float]) -> tuple[list[tuple], list[dict]]:
+    rows, measured = [], []
+    for scale in scales:
+        db = scaled_database(env, scale)
+        gb = database_size(env, db) / 1e9
+        snapshot, target = env.new_database(), env.new_database()
+        backups, media = env.s3.create_bucket(), env.s3.create_bucket()
+        wall, summary = run_job_child(["scheduled_backup"], env.vcap_env(db=db, snapshot_db=snapshot, media=media,
+                                                                         backups=backups))
+        manifest = read_manifest(env, backups)
+        results = [("scheduled_backup", wall, summary)]
+        wall, summary = run_job_child(["s3_restore", manifest["id"], "--confirm", "fac-db"],
+                                      env.vcap_env(db=target, snapshot_db=snapshot, media=media, backups=backups))
+        check_counts(env, target, manifest)
+        results.append(("s3_restore", wall, summary))
+        for part, wall, summary in results:
+            job_s = summary["duration_seconds"]
+            measured.append({"part": part, "size": gb, "seconds": job_s, "per_unit": job_s / gb,
+                             "peak": summary["peak_rss_bytes"]})
+            rows.append((part, f"x{scale:g}: {gb:.2f} GB", f"{wall:.1f}", f"{job_s:.1f}", f"{job_s / gb:.1f} s/GB",
+                         mib(summary["peak_rss_bytes"])))
+        env.pg.drop_database(target)
+        env.created.remove(target)
+    return rows, measured
+
+
+def verdicts(measured: list[dict]) -> tuple[list[tuple], bool]:
+    """Largest size against the smallest, per part."""
+    rows, ok = [], True
+    for part in dict.fromkeys(m["part"] for m in measured):
+        runs = sorted((m for m in measured if m["part"] == part), key=lambda m: m["size"])
+        if len(runs) < 2:
+            continue
+        small, large = runs[0], runs[-1]
+        memory, per_unit = large["peak"] / small["peak"], large["per_unit"] / small["per_unit"]
+        good = memory <= MEMORY_TARGET and per_unit <= TIME_TARGET
+        ok &= good
+        rows.append((part, f"{large['size'] / small['size']:.1f}x", f"{memory:.2f}x", f"{per_unit:.2f}x",
+                     "met" if good else "MISSED"))
+    return rows, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = argv or []
+    media_sizes = [int(n) for n in _option(argv, "--media-sizes", "10000,100000").split(",") if n]
+    db_scales = [float(s) for s in _option(argv, "--db-scales", "0.25,1").split(",") if s]
+    url = os.environ.get("FAC_BACKUP_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
+    try:
+        measured = []
+        if media_sizes:
+            rows, found = media_part(env, media_sizes)
+            measured += found
+            print_table("media sync at scale: ours (media_sync job, a child) beside aws s3 sync, same moto server",
+                        rows, ("part", "size", "ours wall s", "ours job s", "per object", "ours peak",
+                               "server cpu s", "aws s", "server cpu s", "ours/aws", "ours did"))
+        if db_scales:
+            rows, found = database_part(env, db_scales)
+            measured += found
+            print_table("scheduled_backup and s3_restore at scale (each job a child; restore into an empty "
+                        "database)", rows, ("job", "database", "wall s", "job s", "per GB", "peak"))
+        rows, ok = verdicts(measured)
+        print_table(f"larger against smaller (targets: memory <= {MEMORY_TARGET:.2f}x, time per unit <= "
+                    f"{TIME_TARGET:.2f}x)", rows, ("part", "size ratio", "peak memory", "time per unit", "verdict"))
+        return 0 if ok else 1
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
