@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from service import layout
 from service.commands import CancelScope
 from service.errors import ObjectNotFoundError, ServiceError, SyncError
+from service.finder import find_backup
 from service.media_versions import MomentPlan, read_moment, write_media_state
 from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
 from service.tasks.sync_plan import (  # noqa: F401 - re-exported: the sync's vocabulary
@@ -386,22 +387,33 @@ def sync_media(ctx) -> dict:
 def sync_media_back(ctx) -> dict:
     """Step `media_restore`: copy media from the backups bucket back into fac-private-s3.
 
-    After `s3_restore BACKUP_ID`, each key gets its content at that backup's moment
-    (service.media_versions); after `db_restore` (the snapshot has no moment in
-    the bucket), the mirror's latest copy.
+    After `s3_restore BACKUP_ID`, fac-private-s3 is first synced into the backups
+    bucket as media_sync does (so whatever the restore replaces is kept, and the
+    pre-restore backup records its media moment: restoring it undoes the media
+    too); then each key gets its content at that backup's moment
+    (service.media_versions). After `db_restore` (the snapshot has no moment in
+    the bucket), the mirror's latest copy of every key. The job `media_restore
+    BACKUP_ID` runs this step alone, as after `s3_restore BACKUP_ID`.
     """
     store = ctx.backups_store()
-    plan = None
     found = ctx.restored  # what the s3_restore step restored (None after db_restore)
-    if found is not None:
-        if found.manifest is None:
-            ctx.log.warning("media_restore.latest_copies", backup_id=found.id,
-                            reason="a legacy backup records no moment: the latest copy of every key is restored")
-        else:
-            moment = read_moment(store, found.manifest)
-            if moment.source != "media.json":
-                ctx.log.warning("media_restore.moment_from_manifest", backup_id=found.id,
-                                moment=moment.synced_at.isoformat(),
-                                reason="the backup has no media record; its manifest's finished_at is used")
-            plan = MomentPlan(moment).load(store)
-    return _run(ctx, store, ctx.media_store(), plan=plan)
+    if ctx.job == "media_restore":  # the step alone, e.g. after it failed in an s3_restore
+        found = find_backup(store, ctx.args[0])
+    if found is None:
+        return _run(ctx, store, ctx.media_store())
+    ctx.log.info("media_restore.keeping_current_media", pre_restore_backup=ctx.backup_id or "")
+    kept = _run(ctx, ctx.media_store(), store, keep_versions=True, backup_id=ctx.backup_id)
+    plan = None
+    if found.manifest is None:
+        ctx.log.warning("media_restore.latest_copies", backup_id=found.id,
+                        reason="a legacy backup records no moment: the latest copy of every key is restored")
+    else:
+        moment = read_moment(store, found.manifest)
+        if moment.source != layout.MEDIA_STATE_NAME:
+            ctx.log.warning("media_restore.moment_from_manifest", backup_id=found.id,
+                            moment=moment.synced_at.isoformat(),
+                            reason="the backup has no media record; its manifest's finished_at is used")
+        plan = MomentPlan(moment).load(store)
+    figures = _run(ctx, store, ctx.media_store(), plan=plan)
+    figures.update(current_media_copied=kept["copied"], current_media_kept=kept["kept"])
+    return figures

@@ -82,14 +82,20 @@ def test_a_replaced_copy_is_kept_and_a_restore_of_an_earlier_backup_brings_it_ba
     assert box.run("media_sync").outcome == "success"
     assert mirror(backups)["excel/1--general.xlsx"] == b"workbook v2, re-uploaded"
     assert kept(backups) == {"excel/1--general.xlsx": [b"workbook v1"]}
+    media.put_bytes("excel/1--general.xlsx", b"workbook v3, never synced")
     result = box.run("s3_restore", before, options={"confirm": box.config().fac_db.name})
     assert result.outcome == "success", result.error
     figures = result.steps[1].figures
     assert media.get_bytes("excel/1--general.xlsx") == b"workbook v1"
     assert media.get_bytes("singleauditreport/1.pdf") == b"report"
     assert (figures["backup_id"], figures["from_versions"], figures["copied"]) == (before, 1, 1)
-    assert figures["moment_from"] == "media.json"
+    assert figures["moment_from"] == "media.json" and figures["current_media_kept"] == 1
     assert media.get_bytes("excel/2--general.xlsx") == b"a workbook that came later"  # never deleted
+    # What the restore replaced was kept first: restoring the pre-restore backup undoes the media too.
+    pre_restore = result.steps[0].figures["pre_restore_backup"]
+    assert kept(backups)["excel/1--general.xlsx"] == [b"workbook v1", b"workbook v2, re-uploaded"]
+    assert restore_media(box, pre_restore)["from_versions"] == 1  # v3, kept by this very step
+    assert media.get_bytes("excel/1--general.xlsx") == b"workbook v3, never synced"
 
 
 def test_an_object_changed_twice_between_backups_restores_as_each_backup_saw_it(sample_db):
@@ -105,13 +111,14 @@ def test_an_object_changed_twice_between_backups_restores_as_each_backup_saw_it(
     assert kept(backups) == {"excel/7--audit.xlsx": [b"first", b"second"]}
     media.put_bytes("excel/7--audit.xlsx", b"fourth")
     assert box.run("media_sync").outcome == "success"
+    media.put_bytes("excel/7--audit.xlsx", b"live, not synced")
+    db_figures = jobs.STEPS["media_restore"](jobs.JobContext(box.config(), jobs.JOBS["db_restore"], "t",
+                                                             log=get_logger()))
+    assert media.get_bytes("excel/7--audit.xlsx") == b"fourth" and "from_versions" not in db_figures
     assert restore_media(box, first)["from_versions"] == 1
     assert media.get_bytes("excel/7--audit.xlsx") == b"first"
     assert restore_media(box, second)["from_versions"] == 1
     assert media.get_bytes("excel/7--audit.xlsx") == b"third"
-    db_figures = jobs.STEPS["media_restore"](jobs.JobContext(box.config(), jobs.JOBS["db_restore"], "t",
-                                                             log=get_logger()))
-    assert media.get_bytes("excel/7--audit.xlsx") == b"fourth" and "from_versions" not in db_figures
 
 
 def test_unchanged_objects_and_first_copies_keep_nothing(sandbox):
@@ -154,7 +161,8 @@ def test_odd_keys_round_trip_through_a_kept_version(sandbox):
 
 
 def test_a_key_first_copied_after_the_moment_is_not_brought_back(sandbox):
-    """A restore leaves alone keys that reached the backups after the backup's moment (and deletes nothing)."""
+    """A restore (here the media_restore job) leaves alone keys that reached the backups after the
+    backup's moment, and deletes nothing."""
     media, backups = sandbox.media_store(), sandbox.store()
     fill(media, {"old.pdf": b"old"})
     manifest = _fake_manifest("on-demand-202611260901")
@@ -166,7 +174,11 @@ def test_a_key_first_copied_after_the_moment_is_not_brought_back(sandbox):
     fill(media, {"new.pdf": b"new", "old.pdf": b"old, changed"})
     assert sandbox.run("media_sync").outcome == "success"
     media.delete_objects(["new.pdf", "old.pdf"])
-    figures = restore_media(sandbox, manifest.id)
+    refused = sandbox.run("media_restore", manifest.id)
+    assert refused.outcome == "failure" and refused.exit_code == 3  # overwrites fac-private-s3: confirm it
+    result = sandbox.run("media_restore", manifest.id, options={"confirm": sandbox.config().media.name})
+    assert result.outcome == "success", result.error
+    figures = result.steps[0].figures
     assert {o.key for o in media.list_objects()} == {"old.pdf"}
     assert media.get_bytes("old.pdf") == b"old"
     assert (figures["not_in_backup"], figures["from_versions"]) == (1, 1)
