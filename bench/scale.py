@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from psycopg import sql
 
-from bench.common import BenchEnv, database_size, mib, print_table, run_child, run_job_child
+from bench.common import BENCH_DB, BenchEnv, database_size, mib, print_table, run_child, run_job_child
 from bench.restore import check_counts, read_manifest
 from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, LocalS3
@@ -60,10 +60,19 @@ def _server_cpu() -> float:
 
 
 def fill_bucket(env: BenchEnv, bucket: str, count: int) -> int:
-    """`count` objects of 1-4 KB in `bucket`, 32 at a time; returns their bytes."""
-    store = S3ObjectStore(BucketBinding("bench", bucket, "us-gov-west-1", env.s3.endpoint_url, "testing", "testing"))
+    """`count` objects of 1-4 KB in `bucket`; returns their bytes.
+
+    Written straight into the moto backend of this process (a hundred times faster than
+    one PUT each; setting up is not what is measured), through S3 if it cannot be found.
+    """
     rng = random.Random(SEED)
     sizes = {f"{FOLDERS[i % len(FOLDERS)]}/{i:07d}--general.pdf": rng.randint(1024, 4096) for i in range(count)}
+    backend = _moto_backend(bucket)
+    if backend is not None:
+        for key, size in sizes.items():
+            backend.put_object(bucket, key, random.Random(f"{SEED}:{key}").randbytes(size))
+        return sum(sizes.values())
+    store = S3ObjectStore(BucketBinding("bench", bucket, "us-gov-west-1", env.s3.endpoint_url, "testing", "testing"))
 
     def put(key: str) -> None:
         store.put_bytes(key, random.Random(f"{SEED}:{key}").randbytes(sizes[key]))
@@ -71,6 +80,19 @@ def fill_bucket(env: BenchEnv, bucket: str, count: int) -> int:
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, sizes))
     return sum(sizes.values())
+
+
+def _moto_backend(bucket: str):
+    """The in-process moto S3 backend holding `bucket`, or None."""
+    try:
+        from moto.s3.models import s3_backends
+    except ImportError:
+        return None
+    for account in list(s3_backends):
+        for backend in s3_backends[account].values():
+            if bucket in backend.buckets:
+                return backend
+    return None
 
 
 def media_part(env: BenchEnv, sizes: list[int]) -> tuple[list[tuple], list[dict]]:
@@ -108,13 +130,10 @@ def scaled_database(env: BenchEnv, scale: float) -> str:
     name = f"fac_bench_s{str(scale).replace('.', '_')}"
     wanted = {"general_rows": int(BASE_ROWS * scale), "awards_per_audit": 8, "small_tables": 40}
     marker = repr(sorted(wanted.items()))
-    with env.pg.connect() as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-    if exists:
-        with env.pg.connect(name) as conn:
-            row = conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()
-            if row[0] and conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0] == marker:
-                return name
+    if scale == 1 and _marker(env, BENCH_DB) == marker:
+        return BENCH_DB  # the other benchmarks' database, read only
+    if _marker(env, name) == marker:
+        return name
     print(f"bench.scale: building {name} ({marker}) ...", file=sys.stderr)
     env.pg.drop_database(name)
     env.pg.create_database(name)
@@ -123,6 +142,17 @@ def scaled_database(env: BenchEnv, scale: float) -> str:
         conn.execute("CREATE TABLE public.bench_marker (scale text)")
         conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))
     return name
+
+
+def _marker(env: BenchEnv, name: str) -> str | None:
+    """The scale a benchmark database was built at, or None."""
+    with env.pg.connect() as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return None
+    with env.pg.connect(name) as conn:
+        if not conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()[0]:
+            return None
+        return conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0]
 
 
 def database_part(env: BenchEnv, scales: list[float]) -> tuple[list[tuple], list[dict]]:
@@ -187,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             print_table("scheduled_backup and s3_restore at scale (each job a child; restore into an empty "
                         "database)", rows, ("job", "database", "wall s", "job s", "per GB", "peak"))
         rows, ok = verdicts(measured)
-        print_table(f"larger against smaller (targets: memory <= {MEMORY_TARGET:.2f}x, time per unit <= "
-                    f"{TIME_TARGET:.2f}x)", rows, ("part", "size ratio", "peak memory", "time per unit", "verdict"))
+        if rows:
+            print_table(f"larger against smaller (targets: memory <= {MEMORY_TARGET:.2f}x, time per unit <= "
+                        f"{TIME_TARGET:.2f}x)", rows, ("part", "size ratio", "peak memory", "time per unit",
+                                                       "verdict"))
         return 0 if ok else 1
     finally:
         env.close()
