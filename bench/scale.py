@@ -1,12 +1,14 @@
-"""`python -m bench scale [--media-sizes=10000,100000] [--db-scales=0.25,1]`: does cost grow
-no faster than the work? Not part of `make bench`'s default run (it takes tens of minutes);
+"""`python -m bench scale [--media-sizes=10000,100000] [--first-copy-sizes=...] [--db-scales=0.25,1]`:
+does cost grow no faster than the work? Not part of `make bench`'s default run (it takes tens of minutes);
 `make bench-scale` runs it. An empty list skips that half.
 
 Media: a source bucket of N small objects (1-4 KB, fixed seed; moto keeps every
 object in memory, so sizes stay small and the count is what is measured), for N
 in --media-sizes (10,000 and 100,000). Our `media_sync` job (a child process, as
 `cf run-task` runs it: lock, listing, copies, kept versions) and `aws s3 sync`
-each copy it into a fresh bucket, then run again with nothing changed. Same
+each copy it into a fresh bucket (for the --first-copy-sizes, by default the same;
+other sizes start from destinations already holding the same bytes), then run again
+with nothing changed. Same
 moto server (in this process, idle meanwhile, so this process's CPU time is the
 server's), same run.
 
@@ -60,7 +62,7 @@ def _server_cpu() -> float:
 
 
 def fill_bucket(env: BenchEnv, bucket: str, count: int) -> int:
-    """`count` objects of 1-4 KB in `bucket`; returns their bytes.
+    """`count` objects of 1-4 KB in `bucket` (the same bytes for the same count); their bytes.
 
     Written straight into the moto backend of this process (a hundred times faster than
     one PUT each; setting up is not what is measured), through S3 if it cannot be found.
@@ -95,17 +97,27 @@ def _moto_backend(bucket: str):
     return None
 
 
-def media_part(env: BenchEnv, sizes: list[int]) -> tuple[list[tuple], list[dict]]:
+def media_part(env: BenchEnv, sizes: list[int], first_copy_sizes: list[int]) -> tuple[list[tuple], list[dict]]:
+    """Per size: the first copy (when asked for that size), then a run with nothing changed. A size
+    without a measured first copy gets both destinations filled beforehand with the same bytes."""
     rows, measured = [], []
     db, snapshot = env.new_database(), env.new_database()  # fac-db only holds the job's lock here
-    for count in sizes:
+    for count in sorted(set(sizes) | set(first_copy_sizes)):
         src, ours_dst, aws_dst = env.s3.create_bucket(), env.s3.create_bucket(), env.s3.create_bucket()
         t0 = time.perf_counter()
         total = fill_bucket(env, src, count)
-        print(f"bench.scale: {count:,} objects ({total / 1e6:.0f} MB) written in {time.perf_counter() - t0:.0f} s",
+        cases = []
+        if count in first_copy_sizes:
+            cases.append("first copy")
+        else:
+            fill_bucket(env, ours_dst, count)
+            fill_bucket(env, aws_dst, count)  # written after the source: aws s3 sync skips by time
+        if count in sizes:
+            cases.append("no change")
+        print(f"bench.scale: {count:,} objects ({total / 1e6:.0f} MB) set up in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
         job_env = env.vcap_env(db=db, snapshot_db=snapshot, media=src, backups=ours_dst)
-        for case in ("first copy", "no change"):
+        for case in cases:
             cpu = _server_cpu()
             wall, summary = run_job_child(["media_sync"], job_env)
             our_cpu = _server_cpu() - cpu
@@ -200,13 +212,15 @@ def verdicts(measured: list[dict]) -> tuple[list[tuple], bool]:
 def main(argv: list[str] | None = None) -> int:
     argv = argv or []
     media_sizes = [int(n) for n in _option(argv, "--media-sizes", "10000,100000").split(",") if n]
+    first_sizes = [int(n) for n in _option(argv, "--first-copy-sizes", ",".join(map(str, media_sizes))).split(",")
+                   if n]
     db_scales = [float(s) for s in _option(argv, "--db-scales", "0.25,1").split(",") if s]
     url = os.environ.get("FAC_BACKUP_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
     try:
         measured = []
-        if media_sizes:
-            rows, found = media_part(env, media_sizes)
+        if media_sizes or first_sizes:
+            rows, found = media_part(env, media_sizes, first_sizes)
             measured += found
             print_table("media sync at scale: ours (media_sync job, a child) beside aws s3 sync, same moto server",
                         rows, ("part", "size", "ours wall s", "ours job s", "per object", "ours peak",
