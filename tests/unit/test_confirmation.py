@@ -60,11 +60,12 @@ def test_in_a_space_anything_but_the_exact_confirmation_is_refused(typed):
 
 
 def test_in_a_space_the_space_qualified_confirmation_is_accepted():
-    """`--confirm production/fac-db` passes in production, for every protected job."""
+    """`--confirm production/<binding>` passes in production, for every protected job."""
     config = config_in(PRODUCTION)
     for spec in jobs.JOB_SPECS:
         if spec.protected_target:
-            jobs.validate_request(spec, ("x",) * len(spec.arguments), {"confirm": "production/fac-db"}, config)
+            target = getattr(config, spec.protected_target).name
+            jobs.validate_request(spec, ("x",) * len(spec.arguments), {"confirm": f"production/{target}"}, config)
 
 
 def test_the_binding_name_follows_the_configuration():
