@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from service import notify
+from service import kinds, notify
 from service.commands import CancelScope
 from service.config import Config
 from service.confirmation import check_confirmation, confirmation_record
@@ -43,7 +43,6 @@ class JobSpec:
     name: str
     steps: tuple[str, ...]
     description: str
-    backup_kind: str = "on-demand"  # layout.ID_FORMATS key for its db_to_s3 step
     arguments: tuple[str, ...] = ()  # required positional arguments
     optional_arguments: tuple[str, ...] = ()
     protected_target: str | None = None  # Config attribute an operator must name with --confirm
@@ -52,25 +51,25 @@ class JobSpec:
 
 JOB_SPECS: tuple[JobSpec, ...] = (
     JobSpec("initial_backup", ("db_to_s3", "db_to_db", "media_sync"),
-            "first run in a new environment: dumps, a first snapshot copy, media", "initial"),
+            "first run in a new environment: dumps, a first snapshot copy, media"),
     JobSpec("deploy_backup", ("db_to_s3", "db_to_db", "media_sync"),
-            "before a deploy: dumps, snapshot copy replaced, media", "deploy"),
+            "before a deploy: dumps, snapshot copy replaced, media"),
     JobSpec("scheduled_backup", ("row_count", "db_to_s3", "media_sync"),
-            "every two hours in working hours", "scheduled"),
+            "every two hours in working hours"),
     JobSpec("daily_backup", ("row_count", "db_to_s3", "media_sync"),
-            "once a day; never touches fac-snapshot-db", "daily"),
+            "once a day; never touches fac-snapshot-db"),
     JobSpec("on_demand_backup", ("row_count", "db_to_s3", "db_to_db", "media_sync"),
-            "manual, any time", "on-demand"),
+            "manual, any time"),
     JobSpec("media_sync", ("media_sync",), "copy new and changed media into the backups bucket"),
     JobSpec("check_tables", ("check_tables",), "every table of the table manifest exists; row counts"),
-    JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket", "on-demand"),
+    JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket"),
     JobSpec("db_to_db", ("db_to_db",), "copy fac-db into fac-snapshot-db, all or nothing"),
     JobSpec("row_count", ("row_count",), "exact row count of every table", takes_lock=False),
     JobSpec("s3_restore", ("s3_restore", "media_restore"),
-            "replace fac-db with a verified backup, all or nothing, then media back", "pre-restore",
+            "replace fac-db with a verified backup, all or nothing, then media back",
             arguments=("BACKUP_ID",), protected_target="fac_db"),
     JobSpec("db_restore", ("db_restore", "media_restore"),
-            "replace fac-db with fac-snapshot-db, all or nothing, then media back", "pre-restore",
+            "replace fac-db with fac-snapshot-db, all or nothing, then media back",
             protected_target="fac_db"),
     JobSpec("prune_backups", ("prune_backups",), "apply the retention policy; a dry run unless --apply"),
     JobSpec("verify_backup", ("verify_backup",),
@@ -83,7 +82,7 @@ StepFunction = Callable[["JobContext"], dict]
 STEPS: dict[str, StepFunction] = {
     "row_count": checks.count_all_rows,
     "check_tables": checks.check_tables,
-    "db_to_s3": lambda ctx: backup.backup_database(ctx, ctx.spec.backup_kind),
+    "db_to_s3": lambda ctx: backup.backup_database(ctx, kinds.backup_kind(ctx.spec.name)),
     "media_sync": sync.sync_media,
     "media_restore": sync.sync_media_back,
     "db_to_db": snapshot.copy_database,

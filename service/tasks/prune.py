@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service import catalog, layout, notify
+from service import catalog, kinds, layout, notify
 from service.errors import BackupNotFoundError, IntegrityError, SafetyError
 from service.retention import COMPLETE, FOREIGN, INCOMPLETE, Decision, Record, decide, refusal
 from service.storage import ObjectInfo, ObjectStore
@@ -63,11 +63,8 @@ def read_records(store: ObjectStore) -> tuple[list[Record], dict[str, list[Objec
 
 def failed_backup_run() -> str | None:
     """The backup job whose run, the newest of any backup job in this process, failed."""
-    from service import jobs  # the registry imports this module
-
-    backup_jobs = {name for name, spec in jobs.JOBS.items() if "db_to_s3" in spec.steps}
     outcomes = [(when, job, outcome) for job, (outcome, when) in notify.last_outcomes().items()
-                if job in backup_jobs]
+                if job in kinds.BACKUP_JOBS]
     if not outcomes:
         return None
     _, job, outcome = max(outcomes)

@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 
-from service import layout
+from service import kinds, layout
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import JobAbortedError, RestoreError, SafetyError, ServiceError
 from service.finder import FoundBackup, find_backup
@@ -119,7 +119,7 @@ def take_pre_restore_backup(ctx, source: str = "") -> str | None:
     if not tables:
         ctx.log.info("restore.pre_restore_skipped", reason=f"{ctx.config.fac_db.name} has no user tables")
         return None
-    figures = backup_database(ctx, "pre-restore", before_restore={
+    figures = backup_database(ctx, kinds.PRE_RESTORE, before_restore={
         **(ctx.confirmation or {}), "source": source, "run_id": ctx.run_id})
     ctx.log.info("restore.pre_restore_backup", backup_id=figures["backup_id"])
     return figures["backup_id"]
