@@ -123,10 +123,12 @@ def cmd_list(ns) -> int:
                 for b in backups]
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'ID':<32} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
+    width = max([32, *(len(b.id) for b in backups)])  # the old tool's ids hold a full ISO stamp
+    print(f"{'ID':<{width}} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
     for b in backups:
         state = "complete" if b.complete else ("LEGACY" if b.legacy else "INCOMPLETE")
-        print(f"{b.id:<32} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} {b.bytes:>14,}")
+        print(f"{b.id:<{width}} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} "
+              f"{b.bytes:>14,}")
     return 0
 
 
