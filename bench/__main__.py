@@ -1,11 +1,11 @@
-"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, media)."""
+"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("backup", "snapshot", "restore", "media")
+PARTS = ("backup", "snapshot", "restore", "legacy", "media")
 
 
 def main(argv: list[str]) -> int:
