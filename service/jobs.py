@@ -32,6 +32,7 @@ from service.errors import (
 )
 from service.locking import default_lock_guard
 from service.log import get_logger
+from service.progress import Progress, watch_step
 from service.storage import ObjectStore, S3ObjectStore
 from service.tasks import backup, checks, db_restore, drill, prune, restore, snapshot, sync
 
@@ -139,6 +140,7 @@ class JobContext:
     store_factory: Callable[..., ObjectStore] = S3ObjectStore
     clock: Callable[[], datetime] | None = None
     figures_on_failure: dict | None = None
+    progress: Progress = field(default_factory=Progress)
     _stores: dict = field(default_factory=dict)
 
     @property
@@ -164,7 +166,10 @@ class JobContext:
 
     def _store(self, which: str) -> ObjectStore:
         if which not in self._stores:
-            self._stores[which] = self.store_factory(getattr(self.config, which))
+            store = self.store_factory(getattr(self.config, which))
+            if self.progress.enabled:
+                store.progress = self.progress  # its uploads and downloads count as this run's progress
+            self._stores[which] = store
         return self._stores[which]
 
 
@@ -239,6 +244,7 @@ def run_job(
     lock_guard: LockGuard | None = None,
     clock: Callable[[], datetime] | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> JobResult:
     """Run one job through its steps; never raises. See the module docstring.
 
@@ -262,7 +268,8 @@ def run_job(
             log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)
             return JobResult(name, run_id, "failure", 0.0, (), exc)
         ctx = JobContext(config, spec, run_id, tuple(args), options, scope or CancelScope(), log,
-                         store_factory or S3ObjectStore, clock)
+                         store_factory or S3ObjectStore, clock,
+                         progress=progress or Progress(enabled=config.settings.progress_seconds > 0))
         if metrics is not None:
             metrics.job_started(name)
         log.info("job.started", trigger=trigger, steps=list(spec.steps), args=list(args))
@@ -275,7 +282,9 @@ def run_job(
                     ctx.scope.check()
                     t0 = time.monotonic()
                     log.info("step.started", step=current)
-                    figures = STEPS[current](ctx) or {}
+                    with watch_step(ctx.progress, current, interval=config.settings.progress_seconds,
+                                    log=log, job=name, metrics=metrics):
+                        figures = STEPS[current](ctx) or {}
                     steps.append(StepResult(current, "success", round(time.monotonic() - t0, 3), figures))
                     log.info("step.finished", step=current, **_summary_figures(figures))
                 current = None

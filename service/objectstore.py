@@ -90,6 +90,9 @@ class ObjectStore(ABC):
     raise ObjectNotFoundError."""
 
     bucket: str
+    # The running job's tracker (service.progress), set by the JobContext that made this
+    # store: upload_stream and streams.ObjectReader count the bytes they move into it.
+    progress = None
 
     @abstractmethod
     def put_bytes(
@@ -210,6 +213,7 @@ class ObjectStore(ABC):
             if before_complete:
                 before_complete()
             self.put_bytes(key, first, **extra)
+            self._count(len(first))
             return UploadResult(key, len(first), hashlib.sha256(first).hexdigest())
         upload_id = self._begin_upload(key, **extra)
         chunks: queue.Queue = queue.Queue(maxsize=1)
@@ -235,6 +239,7 @@ class ObjectStore(ABC):
                 digest.update(chunk)
                 total += len(chunk)
                 parts.append(self._upload_part(key, upload_id, number, chunk))
+                self._count(len(chunk))
                 number += 1
                 chunk = chunks.get()
             self._check_cancel(cancelled)
@@ -265,6 +270,10 @@ class ObjectStore(ABC):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             chunks.put(exc)
+
+    def _count(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress.add(nbytes)
 
     @staticmethod
     def _check_cancel(cancelled: Callable[[], bool] | None) -> None:

@@ -290,6 +290,7 @@ def load_rows(ctx, session: Session, store, found: FoundBackup, plan: LegacyPlan
             finally:
                 readers[i].close()
             ctx.log.info("restore.table_loaded", table=table.qualified, bytes=readers[i].size)
+            ctx.progress.item_done()
     finally:
         for reader in readers:
             reader.close()

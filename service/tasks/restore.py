@@ -20,7 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from service import kinds, layout
+from service import kinds, layout, progress
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
@@ -88,6 +88,8 @@ def restore_from_s3(ctx) -> dict:
         ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
     ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy,
                  **(ctx.confirmation or {}))
+    ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=not found.legacy, load=True),
+                        items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")
     if found.legacy:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
@@ -174,6 +176,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
             _load_object(ctx, session, readers[i], _restore_argv(pg_restore, "--data-only"), env,
                          (table.bytes, table.sha256), f"table {table.schema}.{table.table}")
             ctx.log.info("restore.table_loaded", table=f"{table.schema}.{table.table}", rows=table.rows)
+            ctx.progress.item_done()
         if sequence_entries:
             # Only the SEQUENCE SET entries of schema.dump's data section: their values as backed up.
             with tempfile.NamedTemporaryFile("w", suffix=".list", encoding="utf-8") as listing:

@@ -72,8 +72,13 @@ class SyncReport:
     failed_bytes: int = 0
     seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    progress: object = field(default=None, repr=False)  # the run's tracker (service.progress)
 
     def add(self, outcome: str, size: int, key: str = "", error: str = "") -> None:
+        if self.progress is not None:
+            self.progress.item_done()
+            if outcome == COPY and self.mode == "server-side":  # streamed copies count their own upload
+                self.progress.add(size)
         with self.lock:
             if outcome == COPY:
                 self.copied, self.copied_bytes = self.copied + 1, self.copied_bytes + size
@@ -187,6 +192,7 @@ def sync_bucket(
     part_size: int = 8 * 1024 * 1024,
     scope: CancelScope | None = None,
     log=None,
+    progress=None,
 ) -> SyncReport:
     """Copy every media object of `source` missing in or different from `dest`.
 
@@ -198,7 +204,7 @@ def sync_bucket(
     scope = scope or CancelScope()
     server = source.copier_for(dest)
     copier = _Copier(source, dest, server, multipart_threshold, part_size, lambda: scope.cancelled)
-    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed")
+    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed", progress=progress)
     started = time.monotonic()
     if log is not None:
         log.info("media_sync.started", source=source.bucket, dest=dest.bucket, mode=report.mode,
@@ -257,8 +263,9 @@ def sync_bucket(
 def _run(ctx, source: ObjectStore, dest: ObjectStore) -> dict:
     """The step: sync, log the figures, fail after the fact for failed objects."""
     settings = ctx.config.settings
+    ctx.progress.expect(unit="objects")  # the total is unknown: both listings are read as the copy goes
     report = sync_bucket(source, dest, concurrency=settings.sync_concurrency, part_size=settings.min_part_size,
-                         scope=ctx.scope, log=ctx.log)
+                         scope=ctx.scope, log=ctx.log, progress=ctx.progress)
     figures = report.figures()
     if report.failures:
         ctx.figures_on_failure = figures
