@@ -126,6 +126,19 @@ class Metrics:
             "Bytes the running step of the job expects to move, where known (0: not running or unknown).",
             ["job"], registry=r,
         )
+        self.bucket_expiry_days = Gauge(
+            "fac_backup_bucket_expiry_days",
+            "Days after which the backups bucket's lifecycle rule deletes a backup's objects "
+            "(0: no rule, or unknown).", registry=r,
+        )
+        self.retention_longest_days = Gauge(
+            "fac_backup_retention_longest_days",
+            "The longest age to which the retention's age rules keep a backup.", registry=r,
+        )
+        self.bucket_expiring_backups = Gauge(
+            "fac_backup_bucket_expiring_kept_backups",
+            "Complete backups the retention keeps that the bucket's expiry will delete first.", registry=r,
+        )
         for decision in ("keep", "delete"):
             self.prune_backups.labels(decision=decision).set(0)
             self.prune_bytes.labels(decision=decision).set(0)
@@ -164,6 +177,12 @@ class Metrics:
         """The running step's bytes so far and expected (both 0 once it ends)."""
         self.job_progress_bytes.labels(job=job).set(done_bytes)
         self.job_expected_bytes.labels(job=job).set(expected_bytes)
+
+    def observe_bucket_expiry(self, expiry_days: int, longest_days: int, at_risk: int) -> None:
+        """The bucket's expiry against the retention (service.bucket_rules)."""
+        self.bucket_expiry_days.set(expiry_days)
+        self.retention_longest_days.set(longest_days)
+        self.bucket_expiring_backups.set(at_risk)
 
     def run_skipped(self, job: str, reason: str, *, counted: bool) -> None:
         """A run of `job` did not happen for `reason` (SKIP_REASONS).

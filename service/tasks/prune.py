@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service import catalog, kinds, layout, notify
-from service.errors import BackupNotFoundError, IntegrityError, SafetyError
+from service import bucket_rules, catalog, kinds, layout, notify
+from service.errors import BackupNotFoundError, IntegrityError, SafetyError, ServiceError
 from service.retention import COMPLETE, FOREIGN, INCOMPLETE, Decision, Record, decide, refusal
 from service.storage import ObjectInfo, ObjectStore
 
@@ -86,6 +86,26 @@ def delete_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo])
             store.delete_objects(batch)
 
 
+def bucket_will_expire(ctx, store: ObjectStore, decisions: list[Decision], now) -> list:
+    """Kept backups that the bucket's own lifecycle rule will delete first, each logged
+    (`prune.bucket_will_expire`); a prune never fails for want of the rules."""
+    settings = ctx.config.settings
+    try:
+        expiry = bucket_rules.read_bucket_expiry(store, settings.bucket_expiry_days)
+    except ServiceError as exc:
+        ctx.log.warning("bucket.rules_check_failed", error=exc.message, detail=exc.detail)
+        return []
+    if not expiry.readable:
+        ctx.log.info("bucket.lifecycle_unreadable", bucket=store.bucket, source=expiry.source,
+                     expiry_days=expiry.days, detail=expiry.detail)
+    at_risk = bucket_rules.backups_at_risk(decisions, expiry, now, settings.retention)
+    for risk in at_risk:
+        ctx.log.warning("prune.bucket_will_expire", backup_id=risk.backup_id,
+                        expires_at=risk.expires_at.isoformat(timespec="seconds"),
+                        kept_because=risk.kept_because, rule=expiry.describe())
+    return at_risk
+
+
 def prune_backups(ctx) -> dict:
     """The prune_backups step: a dry run unless ctx.options['apply']; returns kept/deleted figures."""
     policy = ctx.config.settings.retention
@@ -102,6 +122,7 @@ def prune_backups(ctx) -> dict:
     for d in decisions:
         ctx.log.info("prune.keep" if d.keep else ("prune.delete" if apply else "prune.would_delete"),
                      backup_id=d.record.id, state=d.record.state, bytes=d.record.bytes, reason=d.reason)
+    expiring = bucket_will_expire(ctx, store, decisions, now)
     doomed: list[Decision] = sorted((d for d in decisions if not d.keep), key=lambda d: (d.record.when, d.record.id))
     deleted = deleted_bytes = 0
     if apply:
@@ -120,6 +141,8 @@ def prune_backups(ctx) -> dict:
         "deleted": deleted,  # in a dry run: what --apply would delete
         "deleted_bytes": deleted_bytes,
         "foreign": sum(1 for d in decisions if d.record.state == FOREIGN),
+        "bucket_will_expire": len(expiring),
+        "bucket_expiring": [r.as_dict() for r in expiring],
         "decisions": [{"id": d.record.id, "keep": d.keep, "reason": d.reason, "bytes": d.record.bytes}
                       for d in decisions],
     }
