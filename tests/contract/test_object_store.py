@@ -14,8 +14,8 @@ import pytest
 
 from service.errors import AccessDeniedError, JobAbortedError, ObjectNotFoundError, StorageError
 from service.storage import MIN_PART_SIZE, ExpiryRule, MemoryObjectStore, S3ObjectStore
-from tests.fakes import access_denied
 from service.vcap import BucketBinding
+from tests.fakes import access_denied
 
 PART = MIN_PART_SIZE  # moto enforces S3's 5 MiB minimum part
 ODD_KEYS = ("a file with spaces.pdf", "résumé/naïve café/Ünïcödé 报告.xlsx",
