@@ -229,9 +229,8 @@ def _report(progress: Progress, interval: float, log, job: str, metrics, stop: t
                 log.info("step.progress", **figures)
             while next_sample <= now:
                 next_sample += tick
-            while next_event <= now:
-                # Scheduled, not measured from the last event: one per interval, never more.
-                next_event += interval
+            if next_event <= now:
+                next_event = now + interval  # from this event: never two within one interval
     except Exception:  # noqa: BLE001 - reporting must never break the step it reports on
         log.exception("step.progress_failed")
     finally:

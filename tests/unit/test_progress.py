@@ -62,9 +62,9 @@ def test_a_slow_stream_reports_once_per_interval_and_not_more():
     assert 4 <= len(events) <= 6, [round(t - started, 2) for t, _ in events]
     times = [started] + [t for t, _ in progress_events]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.27, gaps  # never two within one interval (timer jitter allowed)
-    assert max(gaps) <= 0.45, gaps  # and never a silent interval while the step runs
-    assert ended - times[-1] < 0.45
+    assert min(gaps) >= 0.29, gaps  # never two within one interval
+    assert max(gaps) <= 0.6, gaps  # and never a silent interval while the step runs (timer jitter allowed)
+    assert ended - times[-1] < 0.6
     last = events[-1][1]
     assert last["step"] == "db_to_s3"
     assert last["expected_bytes"] == 16_000
@@ -146,3 +146,15 @@ def test_a_restore_expects_what_it_will_download():
     found = type("Found", (), {"manifest": Manifest(), "legacy_tables": ()})()
     assert expected_read_bytes(found, verify=True, load=False) == 160
     assert expected_read_bytes(found, verify=True, load=True) == 160 + 150 + 40
+
+
+def test_on_a_terminal_a_live_bar_replaces_the_events(capsys):
+    """display=True: tqdm draws the step, bytes and tables on stderr; no step.progress event is logged."""
+    progress, log = Progress(display=True), EventLog()
+    with watch_step(progress, "s3_restore", interval=0.2, log=log):
+        progress.expect(bytes=8000, items=3, unit="tables")
+        progress.item_done()
+        slow_copy(progress, chunks=8, every=0.1)
+    drawn = capsys.readouterr().err
+    assert "s3_restore" in drawn and "1/3 tables" in drawn and "B/s" in drawn
+    assert log.progress() == []
