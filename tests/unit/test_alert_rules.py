@@ -12,8 +12,8 @@ import pytest
 from tests.tools import require_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-RULES = DEPLOY / "prometheus-alerts.yml"
 RULE_TESTS = sorted(DEPLOY.glob("prometheus-alerts*.test.yml"))
+RULE_FILES = sorted(set(DEPLOY.glob("prometheus-alerts*.yml")) - set(RULE_TESTS))
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -21,15 +21,20 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_the_rules_pass_promtool_check_rules():
-    """`promtool check rules` accepts deploy/prometheus-alerts.yml (syntax, PromQL, templates)."""
-    done = promtool("check", "rules", RULES.name)
+@pytest.mark.parametrize("rules_file", RULE_FILES, ids=lambda p: p.name)
+def test_the_rules_pass_promtool_check_rules(rules_file):
+    """`promtool check rules` accepts each deploy/prometheus-alerts*.yml (syntax, PromQL, templates)."""
+    done = promtool("check", "rules", rules_file.name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_every_rule_file_in_deploy_has_unit_tests():
-    """The main rules have their test file, and every test file is picked up by the next test."""
-    assert DEPLOY / "prometheus-alerts.test.yml" in RULE_TESTS
+def test_every_rule_file_is_loaded_by_a_unit_test_file():
+    """Each deploy/prometheus-alerts*.yml is loaded by at least one of the promtool test files."""
+    import yaml
+
+    loaded = {DEPLOY / name for f in RULE_TESTS for name in yaml.safe_load(f.read_text())["rule_files"]}
+    assert DEPLOY / "prometheus-alerts.yml" in RULE_FILES
+    assert set(RULE_FILES) <= loaded, f"rule files without tests: {set(RULE_FILES) - loaded}"
 
 
 @pytest.mark.parametrize("tests_file", RULE_TESTS, ids=lambda p: p.name)
