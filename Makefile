@@ -12,11 +12,12 @@ system:  ## PostgreSQL 15, promtool, faketime, python3-venv: installed when miss
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 $(BIN)/.installed: requirements.txt requirements-dev.lock pyproject.toml | system
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip && $(PIP) -r requirements-dev.lock && $(PIP) --no-deps -e . \
+	@echo "building $(VENV) from requirements-dev.lock"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip && $(PIP) -r requirements-dev.lock && $(PIP) --no-deps -e . \
 	  || { printf '\nfac-backup cannot set up .venv: pip failed (above). No network to PyPI, or a %s\n\n' \
 	       'proxy to set (HTTPS_PROXY, PIP_INDEX_URL)? Fix that and run the command again.' >&2; exit 1; }
-	touch $@
+	@touch $@
 
 install: system $(BIN)/.installed
 

@@ -1,4 +1,4 @@
-"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, media;
+"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media;
 `scale`, which takes tens of minutes, runs only when named)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("backup", "snapshot", "restore", "media")
+PARTS = ("backup", "snapshot", "restore", "legacy", "media")
 NAMED_ONLY = ("scale",)
 
 

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         with env.pg.connect(small) as conn:
             load_sample_database(conn, general_rows=2000, awards_per_audit=2, small_tables=40)
         _, rss_small, _ = ours_with_snapshot(env, small, snapshot)
+        t_progress_off, t_progress_on = progress_cost(env, snapshot)
         print_table(
             f"db_to_s3 on a {mib(size)} FAC-like database (same run, same moto server)",
             [("old method: pg_dump -Fc | aws s3 cp, per public table", f"{t_old:.1f} s", mib(old_bytes), "1.00x"),
@@ -80,15 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bytes ours / old method    : {ratio(our_bytes, old_bytes)}   (target <= 1.25x)")
         print(f"peak RSS of our process    : {mib(rss)} on {mib(size)}; {mib(rss_small)} on a small database "
               "(target <= 200 MiB, flat)")
+        print(f"progress on / off          : {ratio(t_progress_on, t_progress_off)}   ({t_progress_on:.1f} s with "
+              f"step.progress every second, {t_progress_off:.1f} s with FAC_BACKUP_PROGRESS_SECONDS=0; best of "
+              f"{PROGRESS_ROUNDS} alternating runs each; target: no visible change)")
         return 0
     finally:
         env.close()
 
 
-def ours_with_snapshot(env: BenchEnv, db: str, snapshot: str) -> tuple[float, int, int]:
+PROGRESS_ROUNDS = 2
+
+
+def progress_cost(env: BenchEnv, snapshot: str) -> tuple[float, float]:
+    """Best times of our backup with progress off and with an event every second, alternating
+    the two so that the machine's load falls on both alike: (seconds off, seconds on)."""
+    off, on = [], []
+    for _ in range(PROGRESS_ROUNDS):
+        off.append(ours_with_snapshot(env, env.db, snapshot, FAC_BACKUP_PROGRESS_SECONDS="0")[0])
+        on.append(ours_with_snapshot(env, env.db, snapshot, FAC_BACKUP_PROGRESS_SECONDS="1")[0])
+    return min(off), min(on)
+
+
+def ours_with_snapshot(env: BenchEnv, db: str, snapshot: str, **extra: str) -> tuple[float, int, int]:
     """Our scheduled_backup in a child: (seconds, peak RSS of that Python process, bytes written)."""
     backups, media = env.s3.create_bucket(), env.s3.create_bucket()
-    child_env = env.vcap_env(db=db, snapshot_db=snapshot, media=media, backups=backups)
+    child_env = env.vcap_env(db=db, snapshot_db=snapshot, media=media, backups=backups, **extra)
     seconds, summary = run_job_child(["scheduled_backup"], child_env)
     return seconds, summary["peak_rss_bytes"], bucket_bytes(env, backups, "backups/")
 

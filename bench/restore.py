@@ -84,16 +84,23 @@ def ours(env: BenchEnv, backup_id: str, db: str, snapshot: str, backups: str, me
     this process (which hosts the moto server and its objects) inherits the
     parent's high-water mark at exec, which would report the parent's size.
     """
-    child_env = env.vcap_env(db=db, snapshot_db=snapshot, media=media, backups=backups)
+    # Progress every 5 s, so that a restore of this size shows what an operator watching one sees.
+    child_env = env.vcap_env(db=db, snapshot_db=snapshot, media=media, backups=backups,
+                             FAC_BACKUP_PROGRESS_SECONDS="5")
     argv = [sys.executable, "-m", "service", "run", "s3_restore", backup_id, "--confirm", "fac-db"]
-    child = subprocess.Popen(argv, env=child_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, peak_of(child.pid))
-        time.sleep(0.1)
-    stderr = child.stderr.read().decode("utf-8", "replace") if child.stderr else ""
-    if child.returncode != 0:
-        raise RuntimeError(f"s3_restore failed ({child.returncode}): {stderr[-2000:]}")
+    with tempfile.TemporaryFile() as log:
+        child = subprocess.Popen(argv, env=child_env, cwd=REPO, stdout=log, stderr=subprocess.PIPE)
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, peak_of(child.pid))
+            time.sleep(0.1)
+        stderr = child.stderr.read().decode("utf-8", "replace") if child.stderr else ""
+        if child.returncode != 0:
+            raise RuntimeError(f"s3_restore failed ({child.returncode}): {stderr[-2000:]}")
+        log.seek(0)
+        progress = [line for line in log.read().decode("utf-8", "replace").splitlines() if '"step.progress"' in line]
+    print(f"s3_restore: {len(progress)} step.progress events; the middle one:\n"
+          f"{progress[len(progress) // 2] if progress else '(none)'}")
     return peak
 
 

@@ -1,7 +1,8 @@
-"""Backup manifests: write, read, list, find, and choose a fresh id.
+"""Backup manifests: write, read, list, and choose a fresh id.
 
 A backup is complete if and only if its `manifest.json` exists; the manifest
-is the last object written. Everything that reads backups goes through here.
+is the last object written. Everything that reads backups goes through here;
+service.finder resolves the id an operator typed on top of this module.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
                 )
                 continue
         dumps = [o for o in objects if layout.is_dump_key(o.key)]
-        started = min((o.last_modified for o in objects if o.last_modified), default=None)
         legacy = bool(dumps) and not any(o.key.endswith("/" + layout.SCHEMA_NAME) for o in objects)
+        # The old tool's ISO stamp says when its backup started; otherwise the first upload does.
+        started = (layout.legacy_stamp_time(backup_id) if legacy else None) or \
+            min((o.last_modified for o in objects if o.last_modified), default=None)
         summaries.append(
             BackupSummary(
                 backup_id, False, "", started.isoformat() if started else "", "",
@@ -157,15 +160,6 @@ def allocate_backup_id(store: ObjectStore, base_id: str) -> str:
             return candidate
         n += 1
         candidate = f"{base_id}-{n}"
-
-
-def find_backup(store: ObjectStore, typed: str):
-    """The backup an operator means by `typed`: the newest of an id's yearly repeats and `-N`
-    siblings, or a legacy prefix; BackupNotFoundError listing the nearest complete backups.
-    Implemented in service.finder (a FoundBackup)."""
-    from service.finder import find_backup as resolve  # finder builds on this module
-
-    return resolve(store, typed)
 
 
 def now_iso(tz) -> str:

@@ -18,6 +18,7 @@ from service.commands import CancelScope
 from service.config import load_config
 from service.errors import ServiceError
 from service.log import configure_logging, register_secrets, scrub
+from service.progress import Progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +105,10 @@ def cmd_run(ns) -> int:
     scope = CancelScope()
     install_signal_handlers(scope)
     options = {"confirm": ns.confirm, "apply": ns.apply, "force": ns.force}
-    result = jobs.run_job(config, ns.job, tuple(ns.args), options=options, scope=scope, trigger="cli")
+    # On a terminal a live bar shows each long step; elsewhere (cf run-task, pipes) step.progress events do.
+    progress = Progress(enabled=config.settings.progress_seconds > 0, display=sys.stderr.isatty())
+    result = jobs.run_job(config, ns.job, tuple(ns.args), options=options, scope=scope, trigger="cli",
+                          progress=progress)
     if result.error is not None:
         print_error(result.error)
     return result.exit_code
@@ -123,10 +127,12 @@ def cmd_list(ns) -> int:
                 for b in backups]
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'ID':<32} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
+    width = max([32, *(len(b.id) for b in backups)])  # the old tool's ids hold a full ISO stamp
+    print(f"{'ID':<{width}} {'JOB':<18} {'STARTED':<26} {'STATE':<10} {'TABLES':>6} {'BYTES':>14}")
     for b in backups:
         state = "complete" if b.complete else ("LEGACY" if b.legacy else "INCOMPLETE")
-        print(f"{b.id:<32} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} {b.bytes:>14,}")
+        print(f"{b.id:<{width}} {b.job or '-':<18} {b.started_at or '-':<26} {state:<10} {b.tables:>6} "
+              f"{b.bytes:>14,}")
     return 0
 
 

@@ -49,6 +49,8 @@ class Settings:
     retention: RetentionPolicy = RetentionPolicy()
     verify_cron: str = "0 3 * * 0"  # the weekly restore drill (verify_backup)
     prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
+    progress_seconds: float = 30.0  # one step.progress event per this many seconds of a step; 0: off
+    bucket_expiry_days: int | None = None  # the backups bucket's expiry when its rules cannot be read
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         retention=read_retention(r),
         verify_cron=r.text("VERIFY_CRON", "0 3 * * 0"),
         prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",
+        progress_seconds=r.number("PROGRESS_SECONDS", 30.0, 0.0),
+        bucket_expiry_days=r.integer("BUCKET_EXPIRY_DAYS", 0, 1, 36500) if r.raw("BUCKET_EXPIRY_DAYS") else None,
     )
 
 

@@ -29,6 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from service import catalog, jobs, layout
+from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
 from service.errors import BackupNotFoundError, IntegrityError, ServiceError
 from service.log import get_logger
@@ -36,9 +37,11 @@ from service.metrics import Metrics
 from service.runner import Runner
 from service.scheduler import JobScheduler, follow_up, needs_catch_up, parse_schedules
 from service.storage import S3ObjectStore
+from service.tasks.prune import read_records
 
 STOP_WAIT_SECONDS = 7.0  # of cloud.gov's 10: leaves room to close sockets and flush logs
 TRIGGER_OPTIONS = ("confirm", "apply", "force")
+BUCKET_RULES_SECONDS = 86400.0  # cloud.gov may change the bucket's lifecycle rule at any time
 
 
 class CatalogWatcher:
@@ -176,6 +179,10 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     try:
         scheduler.start()
         catch_up(config, scheduler, watcher, triggers, log)
+        rules = BucketRulesWatcher(store_factory(config.backups), settings, metrics, log,
+                                   read_records=read_records)
+        rules.refresh()  # the bucket's own expiry against the retention: warns once at start
+        scheduler.add_interval("bucket-rules", BUCKET_RULES_SECONDS, rules.refresh)
 
         def tick() -> None:
             watcher.refresh()

@@ -81,6 +81,10 @@ class ObjectNotFoundError(StorageError):
     """The requested object or bucket does not exist."""
 
 
+class AccessDeniedError(StorageError):
+    """The binding's credentials may not make this request (HTTP 403)."""
+
+
 class BackupError(ServiceError):
     """A backup could not be completed; no manifest was written."""
 

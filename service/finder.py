@@ -6,9 +6,13 @@
   siblings; several matches -> the newest, and the caller says so.
 - A legacy backup (written by the old tool) is a prefix holding
   `<schema>-<table>.dump` objects and neither a manifest nor `schema.dump`:
-  `backups/<id>/` or the nested `backups/<operation>/<stamp>/`, which may be
-  typed as `<operation>/<stamp>` or `<operation>-<stamp>`.
-- Anything else is not found, and the error lists the nearest complete backups.
+  `backups/<id>/` or the nested `backups/<operation>/<stamp>/` (layout names
+  the stamps), typed as `list` prints it, `<operation>/<stamp>`, or as
+  `<operation>-<stamp>`. Typed with the '/', a stamp may be cut short
+  (`scheduled/2026-06-25T09:03`, `scheduled/2026-06-25`): it matches when
+  exactly one legacy backup starts so, and names the candidates when several do.
+- Anything else is not found, and the error lists the nearest complete backups
+  and, when the bucket holds any, the old tool's.
 """
 
 from __future__ import annotations
@@ -111,11 +115,17 @@ def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
     if wanted.startswith(layout.BACKUPS_PREFIX):
         wanted = wanted[len(layout.BACKUPS_PREFIX):]
     if "/" in wanted:
-        found = _find_legacy(store, wanted)
+        found = _find_legacy(store, wanted, typed, prefix_match=True)
         if found is not None:
             return found
         raise _not_found(store, typed)
+    kind = layout.id_kind(wanted)
     if not layout.is_valid_backup_id(wanted):
+        # `<operation>-<ISO stamp>`: the nested legacy form typed with a '-' (its ':' is no id of ours)
+        found = _find_legacy(store, f"{kind}/{wanted[len(kind) + 1:]}", typed, prefix_match=False) \
+            if kind is not None else None
+        if found is not None:
+            return found
         raise BackupNotFoundError(f"{typed!r} is not a backup id",
                                   hint="backup ids look like scheduled-06-04-10 or daily-06-04")
     groups = _group(list(store.list_objects(layout.BACKUPS_PREFIX + wanted)), layout.BACKUPS_PREFIX)
@@ -135,34 +145,52 @@ def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
     if wanted in groups and is_legacy_prefix(groups[wanted], layout.backup_prefix(wanted)):
         prefix = layout.backup_prefix(wanted)
         return FoundBackup(wanted, prefix, None, legacy_tables(groups[wanted], prefix))
-    kind = layout.id_kind(wanted)
     if kind is not None:
-        found = _find_legacy(store, f"{kind}/{wanted[len(kind) + 1:]}")
+        found = _find_legacy(store, f"{kind}/{wanted[len(kind) + 1:]}", typed, prefix_match=False)
         if found is not None:
             return found
     if candidates:
         raise BackupNotFoundError(
             f"backup {wanted} is incomplete: it has no manifest, so it cannot be trusted",
-            detail="nearest complete backups: " + ", ".join(nearest_complete(store, wanted)),
+            detail=_nearest_detail(store, wanted),
             hint="choose a complete backup ('python -m service list')",
         )
     raise _not_found(store, typed)
 
 
-def _find_legacy(store: ObjectStore, path: str) -> FoundBackup | None:
-    if ".." in path or not all(layout.is_valid_backup_id(p) for p in path.split("/")):
+def _find_legacy(store: ObjectStore, path: str, typed: str, *, prefix_match: bool) -> FoundBackup | None:
+    """The nested legacy backup `<operation>/<stamp>`; with `prefix_match` also the only one whose
+    stamp starts with the typed one (BackupNotFoundError naming them when several do)."""
+    parts = path.split("/")
+    if len(parts) != 2 or not all(layout.is_valid_legacy_part(p) for p in parts):
         return None
-    prefix = f"{layout.BACKUPS_PREFIX}{path}/"
-    objects = list(store.list_objects(prefix))
-    if not is_legacy_prefix(objects, prefix):
+    operation, stamp = parts
+    base = f"{layout.BACKUPS_PREFIX}{operation}/"
+    groups = _group(list(store.list_objects(base + (stamp if prefix_match else stamp + "/"))), base)
+    legacy = sorted(s for s, objects in groups.items()
+                    if (s == stamp or prefix_match) and is_legacy_prefix(objects, f"{base}{s}/"))
+    if stamp in legacy:
+        legacy = [stamp]  # typed in full: never ambiguous
+    if len(legacy) > 1:
+        shown = ", ".join(f"{operation}/{s}" for s in legacy[:NEAREST])
+        more = f" and {len(legacy) - NEAREST} more" if len(legacy) > NEAREST else ""
+        raise BackupNotFoundError(
+            f"{typed!r} matches {len(legacy)} legacy backups; nothing was chosen",
+            detail=f"candidates: {shown}{more}",
+            hint="type more of the id, as 'python -m service list' prints it",
+        )
+    if not legacy:
         return None
-    return FoundBackup(path, prefix, None, legacy_tables(objects, prefix))
+    prefix = f"{base}{legacy[0]}/"
+    return FoundBackup(f"{operation}/{legacy[0]}", prefix, None, legacy_tables(groups[legacy[0]], prefix))
 
 
-def nearest_complete(store: ObjectStore, typed: str, n: int = NEAREST) -> list[str]:
+def nearest_complete(store: ObjectStore, typed: str, n: int = NEAREST, *,
+                     summaries: list[catalog.BackupSummary] | None = None) -> list[str]:
     """Complete backup ids most like `typed`: same kind first, then the most similar spelling."""
     kind = layout.id_kind(typed)
-    complete = [b for b in catalog.list_backups(store) if b.complete]
+    summaries = catalog.list_backups(store) if summaries is None else summaries
+    complete = [b for b in summaries if b.complete]
 
     def rank(summary):
         similar = difflib.SequenceMatcher(None, typed, summary.id).ratio()
@@ -171,11 +199,35 @@ def nearest_complete(store: ObjectStore, typed: str, n: int = NEAREST) -> list[s
     return [b.id for b in sorted(complete, key=rank, reverse=True)[:n]]
 
 
+def nearest_legacy(store: ObjectStore, typed: str, n: int = NEAREST, *,
+                   summaries: list[catalog.BackupSummary] | None = None) -> list[str]:
+    """The old tool's backups most like `typed`, most similar spelling first, newest on a tie."""
+    summaries = catalog.list_backups(store) if summaries is None else summaries
+    legacy = [b for b in summaries if b.legacy]
+
+    def rank(summary):
+        return (difflib.SequenceMatcher(None, typed, summary.id).ratio(), summary.started_at)
+
+    return [b.id for b in sorted(legacy, key=rank, reverse=True)[:n]]
+
+
+def _nearest_detail(store: ObjectStore, typed: str) -> str:
+    """What the bucket offers instead: complete backups first, then the old tool's (legacy) ones."""
+    summaries = catalog.list_backups(store)
+    complete = nearest_complete(store, typed, summaries=summaries)
+    legacy = nearest_legacy(store, typed, summaries=summaries)
+    parts = ["nearest complete backups: " + ", ".join(complete) if complete
+             else "the backups bucket holds no complete backup of this service"]
+    if legacy:
+        parts.append("nearest legacy backups (old tool): " + ", ".join(legacy))
+    elif not complete:
+        parts[0] = "the backups bucket holds no backup at all, complete or legacy"
+    return "; ".join(parts)
+
+
 def _not_found(store: ObjectStore, typed: str) -> BackupNotFoundError:
-    nearest = nearest_complete(store, typed)
     return BackupNotFoundError(
         f"no backup matches {typed!r}",
-        detail=("nearest complete backups: " + ", ".join(nearest)) if nearest
-        else "the backups bucket holds no complete backup",
+        detail=_nearest_detail(store, typed),
         hint="run 'python -m service list' and pass one of its ids",
     )

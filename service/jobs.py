@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from service import notify
+from service import kinds, notify
 from service.commands import CancelScope
 from service.config import Config
 from service.confirmation import check_confirmation, confirmation_record
@@ -32,6 +32,7 @@ from service.errors import (
 )
 from service.locking import default_lock_guard
 from service.log import get_logger
+from service.progress import Progress, watch_step
 from service.storage import ObjectStore, S3ObjectStore
 from service.tasks import backup, checks, db_restore, drill, prune, restore, snapshot, sync
 
@@ -43,7 +44,6 @@ class JobSpec:
     name: str
     steps: tuple[str, ...]
     description: str
-    backup_kind: str = "on-demand"  # layout.ID_FORMATS key for its db_to_s3 step
     arguments: tuple[str, ...] = ()  # required positional arguments
     optional_arguments: tuple[str, ...] = ()
     protected_target: str | None = None  # Config attribute an operator must name with --confirm
@@ -52,28 +52,28 @@ class JobSpec:
 
 JOB_SPECS: tuple[JobSpec, ...] = (
     JobSpec("initial_backup", ("db_to_s3", "db_to_db", "media_sync"),
-            "first run in a new environment: dumps, a first snapshot copy, media", "initial"),
+            "first run in a new environment: dumps, a first snapshot copy, media"),
     JobSpec("deploy_backup", ("db_to_s3", "db_to_db", "media_sync"),
-            "before a deploy: dumps, snapshot copy replaced, media", "deploy"),
+            "before a deploy: dumps, snapshot copy replaced, media"),
     JobSpec("scheduled_backup", ("row_count", "db_to_s3", "media_sync"),
-            "every two hours in working hours", "scheduled"),
+            "every two hours in working hours"),
     JobSpec("daily_backup", ("row_count", "db_to_s3", "media_sync"),
-            "once a day; never touches fac-snapshot-db", "daily"),
+            "once a day; never touches fac-snapshot-db"),
     JobSpec("on_demand_backup", ("row_count", "db_to_s3", "db_to_db", "media_sync"),
-            "manual, any time", "on-demand"),
+            "manual, any time"),
     JobSpec("media_sync", ("media_sync",), "copy new and changed media into the backups bucket"),
     JobSpec("media_restore", ("media_restore",),
             "only the media step of s3_restore: fac-private-s3 as it was at a backup's moment",
             arguments=("BACKUP_ID",), protected_target="media"),
     JobSpec("check_tables", ("check_tables",), "every table of the table manifest exists; row counts"),
-    JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket", "on-demand"),
+    JobSpec("db_to_s3", ("db_to_s3",), "dump every table to the backups bucket"),
     JobSpec("db_to_db", ("db_to_db",), "copy fac-db into fac-snapshot-db, all or nothing"),
     JobSpec("row_count", ("row_count",), "exact row count of every table", takes_lock=False),
     JobSpec("s3_restore", ("s3_restore", "media_restore"),
-            "replace fac-db with a verified backup, all or nothing, then media back", "pre-restore",
+            "replace fac-db with a verified backup, all or nothing, then media back",
             arguments=("BACKUP_ID",), protected_target="fac_db"),
     JobSpec("db_restore", ("db_restore", "media_restore"),
-            "replace fac-db with fac-snapshot-db, all or nothing, then media back", "pre-restore",
+            "replace fac-db with fac-snapshot-db, all or nothing, then media back",
             protected_target="fac_db"),
     JobSpec("prune_backups", ("prune_backups",), "apply the retention policy; a dry run unless --apply"),
     JobSpec("verify_backup", ("verify_backup",),
@@ -86,7 +86,7 @@ StepFunction = Callable[["JobContext"], dict]
 STEPS: dict[str, StepFunction] = {
     "row_count": checks.count_all_rows,
     "check_tables": checks.check_tables,
-    "db_to_s3": lambda ctx: backup.backup_database(ctx, ctx.spec.backup_kind),
+    "db_to_s3": lambda ctx: backup.backup_database(ctx, kinds.backup_kind(ctx.spec.name)),
     "media_sync": sync.sync_media,
     "media_restore": sync.sync_media_back,
     "db_to_db": snapshot.copy_database,
@@ -143,6 +143,7 @@ class JobContext:
     store_factory: Callable[..., ObjectStore] = S3ObjectStore
     clock: Callable[[], datetime] | None = None
     figures_on_failure: dict | None = None
+    progress: Progress = field(default_factory=Progress)
     backup_id: str | None = None  # the backup this run wrote (its media sync records the moment)
     restored: Any = None  # the FoundBackup an s3_restore step restored (its media step follows it)
     _stores: dict = field(default_factory=dict)
@@ -170,7 +171,10 @@ class JobContext:
 
     def _store(self, which: str) -> ObjectStore:
         if which not in self._stores:
-            self._stores[which] = self.store_factory(getattr(self.config, which))
+            store = self.store_factory(getattr(self.config, which))
+            if self.progress.enabled:
+                store.progress = self.progress  # its uploads and downloads count as this run's progress
+            self._stores[which] = store
         return self._stores[which]
 
 
@@ -245,6 +249,7 @@ def run_job(
     lock_guard: LockGuard | None = None,
     clock: Callable[[], datetime] | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> JobResult:
     """Run one job through its steps; never raises. See the module docstring.
 
@@ -268,7 +273,8 @@ def run_job(
             log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)
             return JobResult(name, run_id, "failure", 0.0, (), exc)
         ctx = JobContext(config, spec, run_id, tuple(args), options, scope or CancelScope(), log,
-                         store_factory or S3ObjectStore, clock)
+                         store_factory or S3ObjectStore, clock,
+                         progress=progress or Progress(enabled=config.settings.progress_seconds > 0))
         if metrics is not None:
             metrics.job_started(name)
         log.info("job.started", trigger=trigger, steps=list(spec.steps), args=list(args))
@@ -281,7 +287,9 @@ def run_job(
                     ctx.scope.check()
                     t0 = time.monotonic()
                     log.info("step.started", step=current)
-                    figures = STEPS[current](ctx) or {}
+                    with watch_step(ctx.progress, current, interval=config.settings.progress_seconds,
+                                    log=log, job=name, metrics=metrics):
+                        figures = STEPS[current](ctx) or {}
                     steps.append(StepResult(current, "success", round(time.monotonic() - t0, 3), figures))
                     log.info("step.finished", step=current, **_summary_figures(figures))
                 current = None

@@ -42,6 +42,12 @@ ID_FORMATS = {
 }
 _ID_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+# The old tool's backups: `backups/<operation>-mm-dd-HH/` (the seed's flat form), then
+# `backups/<operation>/<stamp>/` with `mm-dd-HH` stamps and, since June 2026, stamps made by
+# `date +"%Y-%m-%dT%H:%M:%S%z"` in America/New_York (colons and an offset: `09:03:26-0400`).
+LEGACY_ISO_STAMP = "%Y-%m-%dT%H:%M:%S%z"
+_LEGACY_PART_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+
 
 def build_backup_id(kind: str, when: datetime) -> str:
     """The id of a backup of `kind` started at `when` (already in the service's time zone)."""
@@ -59,6 +65,20 @@ def id_kind(backup_id: str) -> str | None:
 def is_valid_backup_id(backup_id: str) -> bool:
     """Ids become key prefixes: no slashes, no leading dot, nothing exotic."""
     return bool(_ID_SAFE.match(backup_id)) and ".." not in backup_id
+
+
+def is_valid_legacy_part(part: str) -> bool:
+    """One component of an old tool's nested id (`scheduled`, `2026-06-25T09:03:26-0400`)."""
+    return bool(_LEGACY_PART_SAFE.match(part)) and ".." not in part
+
+
+def legacy_stamp_time(legacy_id: str) -> datetime | None:
+    """When `<operation>/<ISO stamp>` started, from its stamp; None for any other id."""
+    stamp = legacy_id.rsplit("/", 1)[-1]
+    try:
+        return datetime.strptime(stamp, LEGACY_ISO_STAMP)
+    except ValueError:
+        return None
 
 
 def backup_prefix(backup_id: str) -> str:

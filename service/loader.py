@@ -20,6 +20,7 @@ from service.errors import JobAbortedError, RestoreError
 from service.streams import ObjectReader, feed_command
 
 PUMP_CHUNK = 1024 * 1024
+PSQL_SCRIPT_ERROR = 3  # psql's exit status when ON_ERROR_STOP stopped it at a failed statement
 # A restore's DROP waits for the application's locks; past this it gives up (and rolls back).
 LOCK_TIMEOUT = "300s"
 
@@ -113,8 +114,15 @@ class Session:
         except OSError:
             raise self._failure() from None
         code = self.psql.wait()
+        if code == PSQL_SCRIPT_ERROR:
+            # The server answered a statement (or the COMMIT) with an error: the transaction is rolled back.
+            raise RestoreError(
+                f"a statement of the restore failed; nothing was committed to {self.target}",
+                detail=self.psql.stderr_tail(),
+                hint=f"{self.target} was rolled back to its state before the restore; fix the cause and retry",
+            )
         if code != 0:
-            # Failing at COMMIT itself: the server rolls back unless it had committed already.
+            # The connection was lost at or after COMMIT: the server may or may not have committed.
             raise RestoreError(
                 f"psql failed at or before COMMIT ({describe_exit('psql', code)}) on {self.target}",
                 detail=self.psql.stderr_tail(),

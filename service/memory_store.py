@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from service.errors import JobAbortedError, ObjectNotFoundError, StorageError
-from service.objectstore import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore, OpenUpload
+from service.errors import AccessDeniedError, JobAbortedError, ObjectNotFoundError, StorageError
+from service.objectstore import (
+    MAX_COPY_OBJECT_SIZE,
+    ExpiryRule,
+    ObjectInfo,
+    ObjectStore,
+    OpenUpload,
+    parse_expiry_rules,
+)
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
@@ -41,6 +48,14 @@ class MemoryObjectStore(ObjectStore):
         self.uploads: dict[str, tuple[str, dict[int, bytes], dict]] = {}
         self._lock = threading.Lock()
         self._next = 0
+        self.lifecycle_rules: list[dict] = []  # S3's `Rules` shape, as put_bucket_lifecycle_configuration takes
+        self.lifecycle_denied = False  # True: the credentials may not read them (as on cloud.gov)
+
+    def read_expiry_rules(self) -> list[ExpiryRule]:
+        if self.lifecycle_denied:
+            raise AccessDeniedError(f"reading the lifecycle rules of s3://{self.bucket} was denied",
+                                    detail="AccessDenied: Access Denied")
+        return parse_expiry_rules(self.lifecycle_rules)
 
     def put_bytes(
         self, key: str, data: bytes, *, content_type: str | None = None,

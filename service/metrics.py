@@ -116,6 +116,29 @@ class Metrics:
             "fac_backup_notifications", "Webhook notifications by outcome (sent, failed).", ["outcome"],
             registry=r,
         )
+        self.job_progress_bytes = Gauge(
+            "fac_backup_job_progress_bytes",
+            "Bytes the running step of the job has moved so far (0 when it is not running).",
+            ["job"], registry=r,
+        )
+        self.job_expected_bytes = Gauge(
+            "fac_backup_job_expected_bytes",
+            "Bytes the running step of the job expects to move, where known (0: not running or unknown).",
+            ["job"], registry=r,
+        )
+        self.bucket_expiry_days = Gauge(
+            "fac_backup_bucket_expiry_days",
+            "Days after which the backups bucket's lifecycle rule deletes a backup's objects "
+            "(0: no rule, or unknown).", registry=r,
+        )
+        self.retention_longest_days = Gauge(
+            "fac_backup_retention_longest_days",
+            "The longest age to which the retention's age rules keep a backup.", registry=r,
+        )
+        self.bucket_expiring_backups = Gauge(
+            "fac_backup_bucket_expiring_kept_backups",
+            "Complete backups the retention keeps that the bucket's expiry will delete first.", registry=r,
+        )
         for decision in ("keep", "delete"):
             self.prune_backups.labels(decision=decision).set(0)
             self.prune_bytes.labels(decision=decision).set(0)
@@ -134,6 +157,7 @@ class Metrics:
             self.job_duration.labels(job=job)
             self.job_running.labels(job=job).set(0)
             self.job_last_success.labels(job=job).set(0)
+            self.job_progress(job, 0, 0)
 
     def job_started(self, job: str) -> None:
         """A run of `job` began in this process."""
@@ -148,6 +172,17 @@ class Metrics:
             self.job_duration.labels(job=job).observe(duration_seconds)
         if outcome == "success":
             self._advance(job, finished_at)
+
+    def job_progress(self, job: str, done_bytes: int, expected_bytes: int) -> None:
+        """The running step's bytes so far and expected (both 0 once it ends)."""
+        self.job_progress_bytes.labels(job=job).set(done_bytes)
+        self.job_expected_bytes.labels(job=job).set(expected_bytes)
+
+    def observe_bucket_expiry(self, expiry_days: int, longest_days: int, at_risk: int) -> None:
+        """The bucket's expiry against the retention (service.bucket_rules)."""
+        self.bucket_expiry_days.set(expiry_days)
+        self.retention_longest_days.set(longest_days)
+        self.bucket_expiring_backups.set(at_risk)
 
     def run_skipped(self, job: str, reason: str, *, counted: bool) -> None:
         """A run of `job` did not happen for `reason` (SKIP_REASONS).

@@ -59,6 +59,37 @@ class OpenUpload:
     initiated: datetime | None
 
 
+@dataclass(frozen=True)
+class ExpiryRule:
+    """One enabled lifecycle rule of a bucket that deletes current objects `days` after they
+    were written. `prefix` "" means every key; a rule limited to tagged objects never
+    touches ours (we write no tags) and is not listed."""
+
+    rule_id: str
+    days: int
+    prefix: str = ""
+
+    def covers(self, key: str) -> bool:
+        """True when the rule applies to `key` (or, for a folder ending in '/', to some keys under it)."""
+        return key.startswith(self.prefix) or (key.endswith("/") and self.prefix.startswith(key))
+
+
+def parse_expiry_rules(rules: list[dict]) -> list[ExpiryRule]:
+    """The expiring rules of a GetBucketLifecycleConfiguration `Rules` list (S3's own shape)."""
+    found = []
+    for rule in rules or []:
+        days = (rule.get("Expiration") or {}).get("Days")
+        if rule.get("Status") != "Enabled" or not days:
+            continue
+        where = rule.get("Filter") or {}
+        where = where.get("And", where)
+        if where.get("Tag") or where.get("Tags"):
+            continue
+        prefix = where.get("Prefix", rule.get("Prefix", "")) or ""
+        found.append(ExpiryRule(str(rule.get("ID") or "(no id)"), int(days), prefix))
+    return found
+
+
 def choose_part_size(expected_bytes: int, minimum: int = 8 * 1024 * 1024) -> int:
     """A part size that fits `expected_bytes` twice over inside 10,000 parts.
 
@@ -90,6 +121,9 @@ class ObjectStore(ABC):
     raise ObjectNotFoundError."""
 
     bucket: str
+    # The running job's tracker (service.progress), set by the JobContext that made this
+    # store: upload_stream and streams.ObjectReader count the bytes they move into it.
+    progress = None
 
     @abstractmethod
     def put_bytes(
@@ -165,6 +199,12 @@ class ObjectStore(ABC):
         """Delete the given keys; missing keys are not an error."""
 
     @abstractmethod
+    def read_expiry_rules(self) -> list[ExpiryRule]:
+        """The bucket's enabled lifecycle rules that expire objects after some days ([] when
+        it has no lifecycle configuration). Raises AccessDeniedError when the credentials may
+        not read the configuration (cloud.gov manages it), StorageError otherwise."""
+
+    @abstractmethod
     def list_open_uploads(self, prefix: str = "") -> list[OpenUpload]:
         """Multipart uploads under `prefix` that are still open."""
 
@@ -212,6 +252,7 @@ class ObjectStore(ABC):
             if before_complete:
                 before_complete()
             self.put_bytes(key, first, **extra)
+            self._count(len(first))
             return UploadResult(key, len(first), hashlib.sha256(first).hexdigest())
         upload_id = self._begin_upload(key, **extra)
         chunks: queue.Queue = queue.Queue(maxsize=1)
@@ -237,6 +278,7 @@ class ObjectStore(ABC):
                 digest.update(chunk)
                 total += len(chunk)
                 parts.append(self._upload_part(key, upload_id, number, chunk))
+                self._count(len(chunk))
                 number += 1
                 chunk = chunks.get()
             self._check_cancel(cancelled)
@@ -267,6 +309,10 @@ class ObjectStore(ABC):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             chunks.put(exc)
+
+    def _count(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress.add(nbytes)
 
     @staticmethod
     def _check_cancel(cancelled: Callable[[], bool] | None) -> None:

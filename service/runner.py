@@ -18,6 +18,7 @@ from service import jobs
 from service.commands import CancelScope
 from service.errors import LockBusyError, ServiceError
 from service.log import get_logger
+from service.progress import Progress
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ActiveRun:
     trigger: str
     started_at: float
     scope: CancelScope = field(default_factory=CancelScope)
+    progress: Progress = field(default_factory=Progress)
 
 
 class Runner:
@@ -80,7 +82,8 @@ class Runner:
         return active.run_id
 
     def _begin(self, job: str, trigger: str) -> ActiveRun:
-        active = ActiveRun(uuid.uuid4().hex[:12], job, trigger, time.time())
+        active = ActiveRun(uuid.uuid4().hex[:12], job, trigger, time.time(),
+                           progress=Progress(enabled=self.config.settings.progress_seconds > 0))
         with self._lock:
             if self._closing:
                 raise ServiceError(f"the daemon is stopping; {job} was not started",
@@ -92,7 +95,7 @@ class Runner:
         try:
             result = jobs.run_job(self.config, active.job, args, options=options, scope=active.scope,
                                   metrics=self.metrics, trigger=active.trigger,
-                                  run_id=active.run_id, **self._kwargs)
+                                  run_id=active.run_id, progress=active.progress, **self._kwargs)
             if result.outcome == "skipped" and isinstance(result.error, LockBusyError):
                 self.metrics.run_skipped(active.job, "lock_busy", counted=True)
             self.metrics.observe_steps(result.steps)
@@ -118,7 +121,8 @@ class Runner:
         """Running jobs and the last outcome of each job, for `ctl status`."""
         with self._lock:
             running = [{"job": r.job, "run_id": r.run_id, "trigger": r.trigger,
-                        "started_at": r.started_at} for r in self._active.values()]
+                        "started_at": r.started_at, "progress": r.progress.snapshot()}
+                       for r in self._active.values()]
             return {"running": running, "last": dict(self._last)}
 
     def cancel_all(self, reason: str) -> int:

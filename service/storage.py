@@ -21,23 +21,25 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.subscribers import BaseSubscriber
 
-from service.errors import JobAbortedError, ObjectNotFoundError, StorageError
+from service.errors import AccessDeniedError, JobAbortedError, ObjectNotFoundError, StorageError
 from service.memory_store import MemoryObjectStore
 from service.objectstore import (
     MAX_COPY_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    ExpiryRule,
     ObjectInfo,
     ObjectStore,
     OpenUpload,
     UploadResult,
     choose_part_size,
+    parse_expiry_rules,
 )
 from service.vcap import BucketBinding
 
 __all__ = [
-    "MAX_COPY_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MemoryObjectStore",
+    "MAX_COPY_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "ExpiryRule", "MemoryObjectStore",
     "ObjectInfo", "ObjectStore", "OpenUpload", "S3ObjectStore", "UploadResult", "build_s3_client",
     "choose_part_size",
 ]
@@ -105,6 +107,7 @@ class _DoneSubscriber(BaseSubscriber):
 
 
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload")
+DENIED_CODES = ("403", "AccessDenied", "Forbidden")
 
 
 def _translate(exc: Exception, action: str, bucket: str, key: str = "") -> StorageError:
@@ -117,6 +120,8 @@ def _translate(exc: Exception, action: str, bucket: str, key: str = "") -> Stora
         if code in NOT_FOUND_CODES:
             return ObjectNotFoundError(f"{where} does not exist ({action})", detail=detail)
         hint = "check the bucket binding's credentials" if status in (401, 403) else ""
+        if code in DENIED_CODES or status == 403:
+            return AccessDeniedError(f"S3 {action} of {where} was denied", detail=detail, hint=hint)
         return StorageError(f"S3 {action} of {where} failed", detail=detail, hint=hint)
     return StorageError(
         f"S3 {action} of {where} failed",
@@ -255,6 +260,17 @@ class S3ObjectStore(ObjectStore):
                 f"S3 DELETE of {len(errors)} object(s) in s3://{self.bucket} failed",
                 detail=f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}",
             )
+
+    def read_expiry_rules(self) -> list[ExpiryRule]:
+        try:
+            rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise _translate(exc, "GET LIFECYCLE", self.bucket) from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "GET LIFECYCLE", self.bucket) from exc
+        return parse_expiry_rules(rules)
 
     def list_open_uploads(self, prefix: str = "") -> list[OpenUpload]:
         found: list[OpenUpload] = []

@@ -36,6 +36,7 @@ class ObjectReader:
         self.size = 0
         self.error: BaseException | None = None
         self._digest = hashlib.sha256()
+        self._progress = getattr(store, "progress", None)  # the run's tracker (service.progress)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fetch {key}", daemon=True)
@@ -83,6 +84,8 @@ class ObjectReader:
                         continue
                 self._digest.update(data)
                 self.size += len(data)
+                if self._progress is not None:
+                    self._progress.add(len(data))
                 self._put(data)
         finally:
             body.close()

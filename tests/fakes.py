@@ -69,6 +69,14 @@ def s3_internal_error(url: str):
     return AWSResponse(url, 500, {"Content-Type": "application/xml"}, _Raw(body))
 
 
+def access_denied(url: str):
+    """An HTTP 403 as S3 sends it to credentials without the permission."""
+    from botocore.awsrequest import AWSResponse
+
+    body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    return AWSResponse(url, 403, {"Content-Type": "application/xml"}, _Raw(body))
+
+
 # pg_dump that sends the first bytes of the matching table's dump, then hangs with its output open.
 def stalls_after(schema: str, table: str, after_bytes: int) -> str:
     return f"""case "$*" in

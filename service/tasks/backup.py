@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service import catalog, layout
+from service import catalog, layout, progress
 from service.commands import CancelScope, RunningCommand, run_command
 from service.database import (
     TableInfo,
@@ -103,6 +103,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         plan = BackupPlan(backup_id, snapshot, tables)
         started_at = catalog.now_iso(settings.timezone)
         log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel)
+        ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
         entries, schema_entry = _dump_all(ctx, plan, store, env, pg_dump)
         control.execute("COMMIT")
     manifest = catalog.Manifest(
@@ -221,6 +222,7 @@ def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written
         part_size = choose_part_size(table.total_bytes, settings.min_part_size)
         size, sha = _stream_dump(argv, env, key, part_size, store, scope, written)
     ctx.log.info("backup.table_dumped", table=table.qualified, rows=rows, bytes=size)
+    ctx.progress.item_done()
     return catalog.TableEntry(table.schema, table.name, key, size, sha, rows)
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from datetime import datetime
 
-from service import catalog, layout
+from service import catalog, layout, progress
 from service.errors import BackupNotFoundError, RestoreError, SafetyError
 from service.finder import FoundBackup, find_backup
 from service.loader import Session
@@ -100,6 +100,10 @@ def verify_backup_step(ctx) -> dict:
     found = choose_backup(store, ctx.args, ctx.log)
     ctx.log.info("drill.started", backup_id=found.id, legacy=found.legacy,
                  scratch=ctx.config.restore_test_db.name if ctx.config.restore_test_db else "")
+    rehearse = ctx.config.restore_test_db is not None
+    tables = len(found.manifest.tables if found.manifest else found.legacy_tables)
+    ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=True, load=rehearse),
+                        items=tables if rehearse else None)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}  # `--list` needs no server
     figures = verify_backup(store, found, parallel=settings.parallel,
                             pg_restore=build_program_path(settings.pg_bin_dir, "pg_restore"),

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service import catalog, layout, notify
-from service.errors import BackupNotFoundError, IntegrityError, SafetyError
+from service import bucket_rules, catalog, kinds, layout, notify
+from service.errors import BackupNotFoundError, IntegrityError, SafetyError, ServiceError
 from service.retention import COMPLETE, FOREIGN, INCOMPLETE, Decision, Record, decide, refusal
 from service.storage import ObjectInfo, ObjectStore
 from service.tasks.prune_versions import prune_media_versions
@@ -64,11 +64,8 @@ def read_records(store: ObjectStore) -> tuple[list[Record], dict[str, list[Objec
 
 def failed_backup_run() -> str | None:
     """The backup job whose run, the newest of any backup job in this process, failed."""
-    from service import jobs  # the registry imports this module
-
-    backup_jobs = {name for name, spec in jobs.JOBS.items() if "db_to_s3" in spec.steps}
     outcomes = [(when, job, outcome) for job, (outcome, when) in notify.last_outcomes().items()
-                if job in backup_jobs]
+                if job in kinds.BACKUP_JOBS]
     if not outcomes:
         return None
     _, job, outcome = max(outcomes)
@@ -90,6 +87,26 @@ def delete_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo])
             store.delete_objects(batch)
 
 
+def bucket_will_expire(ctx, store: ObjectStore, decisions: list[Decision], now) -> list:
+    """Kept backups that the bucket's own lifecycle rule will delete first, each logged
+    (`prune.bucket_will_expire`); a prune never fails for want of the rules."""
+    settings = ctx.config.settings
+    try:
+        expiry = bucket_rules.read_bucket_expiry(store, settings.bucket_expiry_days)
+    except ServiceError as exc:
+        ctx.log.warning("bucket.rules_check_failed", error=exc.message, detail=exc.detail)
+        return []
+    if not expiry.readable:
+        ctx.log.info("bucket.lifecycle_unreadable", bucket=store.bucket, source=expiry.source,
+                     expiry_days=expiry.days, detail=expiry.detail)
+    at_risk = bucket_rules.backups_at_risk(decisions, expiry, now, settings.retention)
+    for risk in at_risk:
+        ctx.log.warning("prune.bucket_will_expire", backup_id=risk.backup_id,
+                        expires_at=risk.expires_at.isoformat(timespec="seconds"),
+                        kept_because=risk.kept_because, rule=expiry.describe())
+    return at_risk
+
+
 def prune_backups(ctx) -> dict:
     """The prune_backups step: a dry run unless ctx.options['apply']; returns kept/deleted figures."""
     policy = ctx.config.settings.retention
@@ -106,6 +123,7 @@ def prune_backups(ctx) -> dict:
     for d in decisions:
         ctx.log.info("prune.keep" if d.keep else ("prune.delete" if apply else "prune.would_delete"),
                      backup_id=d.record.id, state=d.record.state, bytes=d.record.bytes, reason=d.reason)
+    expiring = bucket_will_expire(ctx, store, decisions, now)
     doomed: list[Decision] = sorted((d for d in decisions if not d.keep), key=lambda d: (d.record.when, d.record.id))
     deleted = deleted_bytes = 0
     if apply:
@@ -127,6 +145,8 @@ def prune_backups(ctx) -> dict:
         "deleted": deleted,  # in a dry run: what --apply would delete
         "deleted_bytes": deleted_bytes,
         "foreign": sum(1 for d in decisions if d.record.state == FOREIGN),
+        "bucket_will_expire": len(expiring),
+        "bucket_expiring": [r.as_dict() for r in expiring],
         "decisions": [{"id": d.record.id, "keep": d.keep, "reason": d.reason, "bytes": d.record.bytes}
                       for d in decisions],
     }

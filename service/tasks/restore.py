@@ -10,31 +10,30 @@
    DO block comparing every table's rows with the manifest. COMMIT is sent
    only when every producer exited 0 and every stream matched its manifest;
    otherwise psql is killed mid-transaction and PostgreSQL rolls back.
-Legacy backups (no manifest) cannot be verified: the log says so, and each
-table is replaced (definition and data) inside the same single transaction.
+Legacy backups (the old tool's; no manifest) cannot be verified: the log says
+so. They keep fac-db's definitions and replace the rows of their tables, in
+the same single transaction (service.tasks.legacy_restore).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
-from service import layout
+from service import kinds, layout, progress
 from service.database import connect, list_user_tables, translated_errors
-from service.errors import JobAbortedError, RestoreError, SafetyError, ServiceError
+from service.errors import JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
 from service.loader import (
-    LOCK_TIMEOUT,
     Session,
     build_count_check_sql,
     build_reset_sql,
     load_archive,
     quote_ident,
-    quote_literal,
 )
 from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path, build_psql_command
 from service.streams import ObjectReader
+from service.tasks import legacy_restore
 from service.tasks.backup import backup_database
 from service.verify import check_listing, read_toc, verify_backup
 
@@ -47,61 +46,6 @@ WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
                   WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
 ORDER BY n.nspname
 """
-
-
-# What DROP TABLE ... CASCADE of the given tables (oids) would take with it that a legacy
-# backup cannot bring back: views and materialized views built on them (and views on those),
-# and foreign keys of tables the backup does not hold. Legacy dumps carry one table each.
-LEGACY_CASUALTIES_SQL = """
-WITH RECURSIVE doomed(oid) AS (
-    SELECT unnest(%(tables)s::oid[])
-    UNION
-    SELECT r.ev_class
-    FROM doomed
-    JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = doomed.oid
-                     AND d.classid = 'pg_rewrite'::regclass
-    JOIN pg_rewrite r ON r.oid = d.objid
-    WHERE r.ev_class <> doomed.oid
-)
-SELECT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
-       || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-FROM doomed JOIN pg_class c ON c.oid = doomed.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('v', 'm')
-UNION
-SELECT 'foreign key ' || quote_ident(k.conname) || ' of ' || k.conrelid::regclass::text
-FROM pg_constraint k
-WHERE k.contype = 'f' AND k.confrelid = ANY(%(tables)s::oid[]) AND NOT k.conrelid = ANY(%(tables)s::oid[])
-ORDER BY 1
-"""
-
-
-def legacy_casualties(db, tables, sslmode: str) -> list[str]:
-    """Objects of `db` that replacing `tables` (LegacyTable) would drop and not recreate."""
-    names = [f"{quote_ident(t.schema)}.{quote_ident(t.table)}" for t in tables]
-    with connect(db, sslmode=sslmode, autocommit=True) as conn, \
-            translated_errors("finding what depends on the tables to restore"):
-        oids = [row[0] for row in conn.execute(
-            "SELECT to_regclass(n)::oid FROM unnest(%s::text[]) AS n", (names,)).fetchall() if row[0]]
-        return [row[0] for row in conn.execute(LEGACY_CASUALTIES_SQL, {"tables": oids}).fetchall()]
-
-
-def refuse_legacy_casualties(ctx, found: FoundBackup, target) -> list[str]:
-    """A legacy restore drops, with each table, the views and other tables' foreign keys that
-    point at it, and its dumps cannot recreate them: refuse unless options['force'], before
-    anything is touched. Returns what will be dropped (empty when nothing)."""
-    casualties = legacy_casualties(target, found.legacy_tables, ctx.config.settings.pg_sslmode)
-    if not casualties:
-        return []
-    named = ", ".join(casualties[:10]) + (f" and {len(casualties) - 10} more" if len(casualties) > 10 else "")
-    if not ctx.options.get("force"):
-        raise SafetyError(
-            f"restoring legacy backup {found.id} would drop {len(casualties)} object(s) of {target.name} "
-            f"that its dumps cannot recreate: {named}; nothing was changed",
-            detail="\n".join(casualties),
-            hint="restore a backup made by this service (it carries every object), or repeat with --force "
-                 "and recreate them afterwards (FAC's deploy recreates its API views)")
-    ctx.log.warning("restore.legacy_drops_dependents", backup_id=found.id, objects=casualties)
-    return casualties
 
 
 def list_user_schemas(db, sslmode: str) -> list[str]:
@@ -119,7 +63,7 @@ def take_pre_restore_backup(ctx, source: str = "") -> str | None:
     if not tables:
         ctx.log.info("restore.pre_restore_skipped", reason=f"{ctx.config.fac_db.name} has no user tables")
         return None
-    figures = backup_database(ctx, "pre-restore", before_restore={
+    figures = backup_database(ctx, kinds.PRE_RESTORE, before_restore={
         **(ctx.confirmation or {}), "source": source, "run_id": ctx.run_id})
     ctx.log.info("restore.pre_restore_backup", backup_id=figures["backup_id"])
     return figures["backup_id"]
@@ -138,17 +82,19 @@ def restore_from_s3(ctx) -> dict:
     settings, target = ctx.config.settings, ctx.config.fac_db
     store = ctx.backups_store()
     started = time.monotonic()
-    dropped: list[str] = []
+    legacy_plan = None
     found = find_backup(store, ctx.args[0])
     if len(found.matched) > 1:
         ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
     ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy,
                  **(ctx.confirmation or {}))
+    ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=not found.legacy, load=True),
+                        items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")
     if found.legacy:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
         check_listing(store, found)
-        dropped = refuse_legacy_casualties(ctx, found, target)
+        legacy_plan = legacy_restore.plan_restore(ctx, store, found, target)
     else:
         verify_backup(store, found, parallel=settings.parallel)
     ctx.log.info("restore.verified", backup_id=found.id)
@@ -158,7 +104,7 @@ def restore_from_s3(ctx) -> dict:
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     with open_target_session(ctx) as session:
-        tables = load_backup(ctx, session, store, found, target, env)
+        tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan)
         ctx.scope.check()
         session.commit()
     ctx.restored = found
@@ -166,23 +112,24 @@ def restore_from_s3(ctx) -> dict:
                "pre_restore_backup": pre_restore or "", "seconds": round(time.monotonic() - started, 3)}
     if found.manifest is not None:
         figures["rows"] = found.manifest.total_rows
-    if dropped:
-        figures["dropped_dependents"] = dropped
     ctx.log.info("restore.finished", **figures)
     return figures
 
 
-def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: dict) -> int:
+def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: dict, *,
+                legacy_plan: legacy_restore.LegacyPlan | None = None) -> int:
     """Replace `target`'s contents with `found` inside `session`'s open transaction; return the
     tables loaded. Never commits: the caller commits (s3_restore) or rolls back (the restore drill).
 
     A backup of this service first clears every user schema, then loads schema.dump's
     definitions, each table, and the constraints and indexes last. A legacy backup (table
-    dumps only) replaces just the tables it holds.
+    dumps only) keeps the target's definitions and replaces the rows of the tables it holds
+    (service.tasks.legacy_restore; `legacy_plan` when the caller already checked it).
     """
     pg_restore = build_program_path(ctx.config.settings.pg_bin_dir, "pg_restore")
     if found.legacy:
-        return _load_legacy(ctx, session, store, found, pg_restore, env)
+        plan = legacy_plan or legacy_restore.plan_restore(ctx, store, found, target)
+        return legacy_restore.load_rows(ctx, session, store, found, plan, env)
     session.execute(build_reset_sql(list_user_schemas(target, ctx.config.settings.pg_sslmode)))
     return _load_complete(ctx, session, store, found, pg_restore, env)
 
@@ -230,6 +177,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
             _load_object(ctx, session, readers[i], _restore_argv(pg_restore, "--data-only"), env,
                          (table.bytes, table.sha256), f"table {table.schema}.{table.table}")
             ctx.log.info("restore.table_loaded", table=f"{table.schema}.{table.table}", rows=table.rows)
+            ctx.progress.item_done()
         if sequence_entries:
             # Only the SEQUENCE SET entries of schema.dump's data section: their values as backed up.
             with tempfile.NamedTemporaryFile("w", suffix=".list", encoding="utf-8") as listing:
@@ -250,40 +198,3 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
             reader.close()
     session.execute(build_count_check_sql([(t.schema, t.table, t.rows) for t in manifest.tables]))
     return len(manifest.tables)
-
-
-def _load_legacy(ctx, session: Session, store, found: FoundBackup, pg_restore: str, env: dict) -> int:
-    """Each table replaced with its own definition, data and indexes; foreign keys last, once
-    every table (and the unique constraint a key points at) exists."""
-    session.execute(f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)};\n")
-    with tempfile.TemporaryDirectory(prefix="fac-backup-restore-") as lists:
-        foreign_keys = []
-        for n, table in enumerate(found.legacy_tables):
-            ctx.scope.check()
-            toc, _ = read_toc(store, table.key, pg_restore, env, scope=ctx.scope)
-            entries = [line for line in toc.splitlines() if line and not line.startswith(";")]
-            main = _write_list(lists, f"{n}.list", [e for e in entries if " FK CONSTRAINT " not in e])
-            fks = [e for e in entries if " FK CONSTRAINT " in e]
-            if fks:
-                foreign_keys.append((table, _write_list(lists, f"{n}.fk.list", fks)))
-            name = f"{quote_ident(table.schema)}.{quote_ident(table.table)}"
-            # CASCADE: the old dumps cannot say which foreign keys or views of other tables point here.
-            session.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)};\n"
-                            f"DROP TABLE IF EXISTS {name} CASCADE;\n")
-            _load_object(ctx, session, ObjectReader(store, table.key).start(),
-                         _restore_argv(pg_restore, "--clean", "--if-exists", use_list=main),
-                         env, None, f"table {table.qualified}")
-            ctx.log.info("restore.table_loaded", table=table.qualified)
-        for table, fk_list in foreign_keys:
-            _load_object(ctx, session, ObjectReader(store, table.key).start(),
-                         _restore_argv(pg_restore, use_list=fk_list), env, None,
-                         f"table {table.qualified} (foreign keys)")
-    return len(found.legacy_tables)
-
-
-def _write_list(directory: str, name: str, entries: list[str]) -> str:
-    """A pg_restore --use-list file (table-of-contents lines, in archive order)."""
-    path = os.path.join(directory, name)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(entries) + "\n")
-    return path

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from service import copier
 from service.commands import RunningCommand, run_command
-from service.database import connect, export_snapshot, server_version, translated_errors
+from service.database import connect, export_snapshot, list_user_tables, server_version, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.log import scrub
 from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command, build_program_path
@@ -92,6 +92,9 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
         with _stage(ctx, f"reading the source {source.name}"):
             check_pg_dump_version(pg_dump, env, server_version(control)[0])
             plan = _read_plan(ctx, control, env, pg_dump, pg_restore)
+            # Binary COPY moves about the heap and TOAST size: the catalog's estimate, no lock taken.
+            ctx.progress.expect(bytes=sum(t.total_bytes for t in list_user_tables(control)),
+                                items=len(plan.tables), unit="tables")
         # The exporting transaction counts the rows while the target loads them.
         counter = _Counter(control, plan.tables)
         try:
@@ -204,6 +207,7 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             loaded[(table.schema, table.name)] = rows
             total_bytes += nbytes
             ctx.log.info("db_to_db.table_copied", table=table.qualified, rows=rows, bytes=nbytes)
+            ctx.progress.item_done()
         with _stage(ctx, f"building indexes and constraints in {target.name}"):
             # Fresh tables have no statistics. The snapshot must stand in for fac-db
             # the moment it commits, with plans as good as the source's, rather than
@@ -255,7 +259,8 @@ def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: Data
             start_next()
             with _stage(ctx, f"loading {table.qualified} into {target.name}"), conn.cursor() as cur:
                 with cur.copy(table.copy_statement("FROM STDIN")) as copy:
-                    nbytes = copier.pump(producer.stdout, copy, table.qualified, producer_check=producer.check)
+                    nbytes = copier.pump(ctx.progress.counting(producer.stdout), copy, table.qualified,
+                                         producer_check=producer.check)
                 rows = cur.rowcount
             producer.close()
             yield table, rows, nbytes

@@ -87,8 +87,13 @@ class SyncReport:
     seconds: float = 0.0
     plan: MomentPlan | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    progress: object = field(default=None, repr=False)  # the run's tracker (service.progress)
 
     def add(self, outcome: str, size: int, key: str = "", error: str = "", replaced: ObjectInfo | None = None) -> None:
+        if self.progress is not None:
+            self.progress.item_done()
+            if outcome == COPY and self.mode == "server-side":  # streamed copies count their own upload
+                self.progress.add(size)
         with self.lock:
             if outcome == COPY:
                 self.copied, self.copied_bytes = self.copied + 1, self.copied_bytes + size
@@ -190,6 +195,7 @@ def sync_bucket(
     keep_versions: bool = False,
     plan: MomentPlan | None = None,
     clock: Callable[[], datetime] | None = None,
+    progress=None,
 ) -> SyncReport:
     """Copy every media object of `source` missing in or different from `dest`.
 
@@ -209,7 +215,8 @@ def sync_bucket(
         raise SyncError(f"cannot copy inside s3://{dest.bucket} server-side to keep replaced media",
                         hint="the backups binding's credentials must be allowed to copy within its bucket")
     copier = Copier(source, dest, server, multipart_threshold, part_size, lambda: scope.cancelled, keeper, clock)
-    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed", plan=plan)
+    report = SyncReport(source.bucket, dest.bucket, "server-side" if server else "streamed", plan=plan,
+                        progress=progress)
     started = time.monotonic()
     if log is not None:
         log.info("media_sync.started", source=source.bucket, dest=dest.bucket, mode=report.mode,
@@ -292,8 +299,10 @@ def _run(ctx, source: ObjectStore, dest: ObjectStore, *, keep_versions: bool = F
     """The step: sync, log the figures, record a backup's media moment, and fail after the
     fact for failed objects."""
     settings = ctx.config.settings
+    ctx.progress.expect(unit="objects")  # the total is unknown: both listings are read as the copy goes
     report = sync_bucket(source, dest, concurrency=settings.sync_concurrency, part_size=settings.min_part_size,
-                         scope=ctx.scope, log=ctx.log, keep_versions=keep_versions, plan=plan)
+                         scope=ctx.scope, log=ctx.log, keep_versions=keep_versions, plan=plan,
+                         progress=ctx.progress)
     figures = report.figures()
     if backup_id is not None:
         # Written even when objects failed: they keep their older content, which is

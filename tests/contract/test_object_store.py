@@ -12,9 +12,10 @@ import uuid
 
 import pytest
 
-from service.errors import JobAbortedError, ObjectNotFoundError, StorageError
-from service.storage import MIN_PART_SIZE, MemoryObjectStore, S3ObjectStore
+from service.errors import AccessDeniedError, JobAbortedError, ObjectNotFoundError, StorageError
+from service.storage import MIN_PART_SIZE, ExpiryRule, MemoryObjectStore, S3ObjectStore
 from service.vcap import BucketBinding
+from tests.fakes import access_denied
 
 PART = MIN_PART_SIZE  # moto enforces S3's 5 MiB minimum part
 ODD_KEYS = ("a file with spaces.pdf", "résumé/naïve café/Ünïcödé 报告.xlsx",
@@ -33,6 +34,12 @@ class MemoryFactory:
     def open_uploads(self, store) -> list:
         return store.list_open_uploads()
 
+    def set_lifecycle(self, store, rules: list[dict]) -> None:
+        store.lifecycle_rules = rules
+
+    def deny_lifecycle(self, store) -> None:
+        store.lifecycle_denied = True
+
 
 class S3Factory:
     """Fresh buckets on the moto server, each reached through a cloud.gov-like binding."""
@@ -50,6 +57,17 @@ class S3Factory:
 
     def open_uploads(self, store) -> list:
         return self.server.client().list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+
+    def set_lifecycle(self, store, rules: list[dict]) -> None:
+        self.server.client().put_bucket_lifecycle_configuration(
+            Bucket=store.bucket, LifecycleConfiguration={"Rules": rules})
+
+    def deny_lifecycle(self, store) -> None:
+        """What cloud.gov's brokered credentials get: 403 on the bucket's lifecycle rules."""
+        def forbid(request, **_):
+            if "lifecycle" in request.url:
+                return access_denied(request.url)
+        store.client.meta.events.register("before-send.s3.GetBucketLifecycleConfiguration", forbid)
 
 
 @pytest.fixture(params=["memory", "s3"])
@@ -304,3 +322,39 @@ def test_copy_from_cancelled_raises_and_writes_nothing(stores):
                                           part_size=PART, cancelled=lambda: True)
     assert list(dest.list_objects()) == []
     assert stores.open_uploads(dest) == []
+
+
+SIXTY_DAYS = {"ID": "cloud-gov-expiry", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 60}}
+
+
+def test_a_bucket_without_lifecycle_rules_has_no_expiry(stores):
+    """No lifecycle configuration at all is an empty list, not an error."""
+    assert stores.new().read_expiry_rules() == []
+
+
+def test_expiry_rules_are_read_with_their_prefix_and_days(stores):
+    """Enabled expiring rules come back; disabled, tag-only and non-expiring ones do not."""
+    store = stores.new()
+    stores.set_lifecycle(store, [
+        SIXTY_DAYS,
+        {"ID": "dumps", "Status": "Enabled", "Filter": {"Prefix": "backups/"}, "Expiration": {"Days": 30}},
+        {"ID": "off", "Status": "Disabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}},
+        {"ID": "tagged", "Status": "Enabled", "Filter": {"Tag": {"Key": "tmp", "Value": "1"}},
+         "Expiration": {"Days": 2}},
+        {"ID": "uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}},
+    ])
+    rules = sorted(store.read_expiry_rules(), key=lambda r: r.rule_id)
+    assert rules == [ExpiryRule("cloud-gov-expiry", 60, ""), ExpiryRule("dumps", 30, "backups/")]
+    assert rules[0].covers("singleauditreport/1.pdf") and not rules[1].covers("excel/1.xlsx")
+
+
+def test_a_denied_lifecycle_read_is_access_denied(stores):
+    """Credentials that may not read the rules get AccessDeniedError (a StorageError), nothing else."""
+    store = stores.new()
+    stores.set_lifecycle(store, [SIXTY_DAYS])
+    stores.deny_lifecycle(store)
+    with pytest.raises(AccessDeniedError) as caught:
+        store.read_expiry_rules()
+    assert isinstance(caught.value, StorageError)
+    assert "AccessDenied" in caught.value.detail

@@ -249,15 +249,15 @@ def write_legacy_backup(box, prefix: str) -> None:
 
 
 def test_legacy_backup_without_manifest(sample_db):
-    """Dumps written by plain `pg_dump -Fc -t` with no manifest restore in one transaction, with a warning."""
+    """Dumps written by plain `pg_dump -Fc -t` with no manifest replace the rows in one transaction,
+    with a warning, keeping the view, the enum and every other definition of fac-db."""
     box = sample_db
     with box.connect() as conn:
-        conn.execute("DROP VIEW public.dissemination_summary")  # the old tool could not restore views
-        before = database_state_tables(conn)
+        before = database_state(conn)
     write_legacy_backup(box, "backups/scheduled/06-04-10/")
     with box.connect() as conn:
         conn.execute("DELETE FROM public.dissemination_federalaward")
-        conn.execute("DROP TABLE public.lookup_02")
+        conn.execute("DELETE FROM public.lookup_02")
         conn.execute(f"UPDATE public.{ODD} SET \"Label\" = 'x'")
     from structlog.testing import capture_logs
     with capture_logs() as logs:
@@ -265,43 +265,9 @@ def test_legacy_backup_without_manifest(sample_db):
     assert_restored(result)
     assert any(e["event"] == "restore.legacy_unverifiable" for e in logs)
     with box.connect() as conn:
-        assert database_state_tables(conn) == before
+        assert database_state(conn) == before
     refused = box.run("s3_restore", "scheduled/06-04-10")
     assert refused.exit_code == 3
-
-
-def test_legacy_restore_that_would_drop_views_is_refused_unless_forced(sample_db):
-    """A legacy backup cannot recreate the views on its tables, nor other tables' foreign keys to
-    them: refused (exit 3) with both named and fac-db untouched; with --force it restores, drops
-    them, and says so."""
-    box = sample_db
-    write_legacy_backup(box, "backups/scheduled/06-04-11/")
-    with box.connect() as conn:
-        # A table outside the backup (it holds only public) with a foreign key into it.
-        conn.execute("CREATE TABLE support.general_note (report_id text "
-                     "CONSTRAINT note_report_fk REFERENCES public.dissemination_general (report_id))")
-        conn.execute("DELETE FROM public.dissemination_federalaward")
-        before = database_state(conn)
-    refused = box.run("s3_restore", "scheduled-06-04-11", options=CONFIRM)
-    assert refused.exit_code == 3 and refused.outcome == "failure"
-    assert "view public.dissemination_summary" in refused.error.message
-    assert "foreign key note_report_fk of support.general_note" in refused.error.message
-    assert "nothing was changed" in refused.error.message and "--force" in refused.error.hint
-    with box.connect() as conn:
-        assert database_state(conn) == before
-    assert not [s for s in catalog.list_backups(box.store()) if s.id.startswith("pre-restore-")]
-
-    from structlog.testing import capture_logs
-    with capture_logs() as logs:
-        forced = box.run("s3_restore", "scheduled-06-04-11", options={**CONFIRM, "force": True})
-    assert_restored(forced)
-    assert forced.steps[0].figures["dropped_dependents"] == [
-        "foreign key note_report_fk of support.general_note", "view public.dissemination_summary"]
-    assert any(e["event"] == "restore.legacy_drops_dependents" for e in logs)
-    with box.connect() as conn:
-        assert conn.execute("SELECT to_regclass('public.dissemination_summary')").fetchone()[0] is None
-        assert not conn.execute("SELECT 1 FROM pg_constraint WHERE conname = 'note_report_fk'").fetchall()
-        assert conn.execute("SELECT count(*) FROM public.dissemination_federalaward").fetchone()[0] > 0
 
 
 def test_unknown_id_lists_nearest_complete_backups(sample_db):

@@ -114,3 +114,73 @@ def test_restore_sql_quotes_every_name():
     assert 'DROP SCHEMA IF EXISTS "We""ird" CASCADE;' in reset and "CREATE SCHEMA IF NOT EXISTS public;" in reset
     check = build_count_check_sql([("public", "it's", 3)])
     assert "FROM \"public\".\"it's\"" in check and "'public.it''s'" in check and "IF n <> 3" in check
+
+
+ISO = "scheduled/2026-06-25T09:03:26-0400"
+
+
+def put_legacy(store, legacy_id: str, *tables: str) -> None:
+    """Dumps as the old tool leaves them: `backups/<id>/public-<table>.dump`, nothing else."""
+    for table in tables or ("audit_audit",):
+        store.put_bytes(f"backups/{legacy_id}/public-{table}.dump", b"PGDMP")
+
+
+def test_every_id_list_prints_resolves_as_printed(store):
+    """The flat, nested and nested-ISO legacy shapes and a complete backup: each id `list` prints resolves."""
+    put_backup(store, "daily-06-04", "2026-06-04T20:00:00-07:00")
+    put_legacy(store, "scheduled-06-04-10")
+    put_legacy(store, "scheduled/06-04-12", "audit_audit", "dissemination_general")
+    put_legacy(store, ISO, "audit_audit", "dissemination_general")
+    listed = {b.id: b for b in catalog.list_backups(store)}
+    assert set(listed) == {"daily-06-04", "scheduled-06-04-10", "scheduled/06-04-12", ISO}
+    assert listed[ISO].legacy and listed[ISO].started_at == "2026-06-25T09:03:26-04:00"
+    for backup_id in listed:
+        found = find_backup(store, backup_id)
+        assert found.id == backup_id and found.prefix == f"backups/{backup_id}/"
+        assert found.legacy == listed[backup_id].legacy
+    assert [t.table for t in find_backup(store, ISO).legacy_tables] == ["audit_audit", "dissemination_general"]
+    assert find_backup(store, f"backups/{ISO}/").id == ISO  # pasted as a key prefix
+    assert find_backup(store, "scheduled-2026-06-25T09:03:26-0400").id == ISO  # typed with a '-'
+
+
+def test_a_shorter_iso_stamp_matches_when_unambiguous(store):
+    """`scheduled/2026-06-25T09:03` and `scheduled/2026-06-25` find the one backup whose stamp starts so."""
+    put_legacy(store, ISO)
+    put_legacy(store, "scheduled/2026-06-24T21:03:02-0400")
+    put_legacy(store, "daily/2026-06-25T00:10:00-0400")
+    for typed in ("scheduled/2026-06-25T09:03", "scheduled/2026-06-25", "scheduled/2026-06-25T09"):
+        assert find_backup(store, typed).id == ISO
+
+
+def test_an_ambiguous_stamp_names_the_candidates(store):
+    """Two backups start with the typed stamp: nothing is chosen and both are named."""
+    put_legacy(store, ISO)
+    put_legacy(store, "scheduled/2026-06-25T11:03:30-0400")
+    with pytest.raises(BackupNotFoundError) as caught:
+        find_backup(store, "scheduled/2026-06-25")
+    assert "matches 2 legacy backups" in caught.value.message
+    assert caught.value.detail == f"candidates: {ISO}, scheduled/2026-06-25T11:03:30-0400"
+    assert find_backup(store, "scheduled/2026-06-25T11").id == "scheduled/2026-06-25T11:03:30-0400"
+    put_legacy(store, "scheduled/06-04-1")  # an id typed in full wins over the longer ones it starts
+    put_legacy(store, "scheduled/06-04-10")
+    assert find_backup(store, "scheduled/06-04-1").id == "scheduled/06-04-1"
+
+
+def test_not_found_names_legacy_backups_when_the_bucket_holds_only_those(store):
+    """With only the old tool's backups, the error names them instead of claiming the bucket is empty."""
+    put_legacy(store, ISO)
+    for typed in ("scheduled/2026-07-01", "scheduled-06-04-10", "daily-06-04"):
+        with pytest.raises(BackupNotFoundError) as caught:
+            find_backup(store, typed)
+        assert "holds no backup at all" not in caught.value.detail
+        assert caught.value.detail.endswith(f"nearest legacy backups (old tool): {ISO}")
+    with pytest.raises(BackupNotFoundError) as empty:
+        find_backup(MemoryObjectStore(), "daily-06-04")
+    assert empty.value.detail == "the backups bucket holds no backup at all, complete or legacy"
+
+
+def test_a_prefix_of_a_flat_or_dashed_id_does_not_match(store):
+    """Only the '/' form matches a cut-short stamp: `scheduled-06-04` never picks `scheduled/06-04-10`."""
+    put_legacy(store, "scheduled/06-04-10")
+    with pytest.raises(BackupNotFoundError):
+        find_backup(store, "scheduled-06-04")

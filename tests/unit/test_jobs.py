@@ -42,6 +42,15 @@ def test_registry_has_every_job_with_the_reference_steps():
         assert step in jobs.JOBS and step in jobs.STEPS
 
 
+def test_backup_kinds_name_exactly_the_jobs_that_make_backups():
+    """service.kinds lists every job with a db_to_s3 step (and no other), each with an id format."""
+    from service import kinds, layout
+
+    assert kinds.BACKUP_JOBS == {name for name, spec in jobs.JOBS.items() if "db_to_s3" in spec.steps}
+    assert set(kinds.BACKUP_KINDS.values()) | {kinds.PRE_RESTORE} <= set(layout.ID_FORMATS)
+    assert kinds.backup_kind("scheduled_backup") == "scheduled" and kinds.backup_kind("daily_backup") == "daily"
+
+
 def test_daily_backup_never_touches_the_snapshot():
     """daily_backup holds no db_to_db step (the snapshot keeps the pre-deploy copy)."""
     assert "db_to_db" not in jobs.JOBS["daily_backup"].steps
