@@ -3,7 +3,7 @@
 Dumps live under `backups/<backup-id>/`: one `<schema>-<table>.dump` per table
 (the format users restore by hand), `schema.dump` with every other object of
 the database, and `manifest.json`, written last. Table keys always hold a '-',
-so `schema.dump` and `manifest.json` can never collide with a table's dump.
+so `schema.dump`, `privileges.json` and `manifest.json` can never collide with a table's dump.
 Media objects live at the root of the backups bucket, outside `backups/`.
 """
 
@@ -15,6 +15,7 @@ from datetime import datetime
 BACKUPS_PREFIX = "backups/"
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "schema.dump"
+PRIVILEGES_NAME = "privileges.json"
 
 # job -> (id prefix, strftime pattern), as operators type them (REFERENCE section 3)
 ID_FORMATS = {
@@ -76,6 +77,10 @@ def table_key(backup_id: str, schema: str, table: str) -> str:
 
 def schema_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + SCHEMA_NAME
+
+
+def privileges_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + PRIVILEGES_NAME
 
 
 def manifest_key(backup_id: str) -> str:
