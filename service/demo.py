@@ -18,7 +18,6 @@ from service.sample_data import ensure_role, load_sample_database
 from service.sandbox import LocalPostgres, LocalS3, build_vcap, write_vcap_file
 from service.storage import S3ObjectStore
 
-
 DEMO_API_ROLE = "api_fac_gov"  # FAC's PostgREST role, granted the sample's API schema
 
 
