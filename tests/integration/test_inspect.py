@@ -57,7 +57,7 @@ def test_verify_passes_then_names_an_altered_dump(sample_db):
         before = database_state_tables(conn)
     ok = sample_db.cli("verify", backup_id)
     assert ok.returncode == 0, ok.stderr
-    assert "OK, 10 objects" in ok.stdout
+    assert "OK, 16 objects" in ok.stdout
     store = sample_db.store()
     key = layout.table_key(backup_id, "support", "cog_over")
     data = bytearray(store.get_bytes(key))

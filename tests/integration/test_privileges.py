@@ -109,8 +109,8 @@ def gone_role(pg_server):
 
 def drop_role_everywhere(box, role: str) -> None:
     """Drop a role after removing its privileges from every database of the sandbox."""
-    for which in ("db", "snapshot_db"):
-        with box.connect(which) as conn:
+    for name in (box.db, box.snapshot_db):
+        with box.pg.connect(name) as conn:  # the server's administrator: DROP OWNED needs it
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     with box.pg.connect() as conn:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
