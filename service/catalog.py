@@ -43,6 +43,9 @@ class Manifest:
     database: str
     tables: tuple[TableEntry, ...]
     schema: dict = field(default_factory=dict)  # {"key", "bytes", "sha256"} of schema.dump
+    # {"key", "bytes", "sha256", "privileges"} of privileges.json; empty in backups made
+    # before privileges were kept (they restore without grants, with a warning)
+    privileges: dict = field(default_factory=dict)
     compression: int = 1
     format_version: int = FORMAT_VERSION
     # A pre-restore backup names the restore it was taken before: space, binding, confirmation
@@ -51,7 +54,8 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.bytes for t in self.tables) + int(self.schema.get("bytes", 0))
+        return (sum(t.bytes for t in self.tables) + int(self.schema.get("bytes", 0))
+                + int(self.privileges.get("bytes", 0)))
 
     @property
     def total_rows(self) -> int:

@@ -14,9 +14,11 @@ import tempfile
 from service import catalog, jobs
 from service.config import load_config
 from service.log import configure_logging
-from service.sample_data import load_sample_database
+from service.sample_data import ensure_role, load_sample_database
 from service.sandbox import LocalPostgres, LocalS3, build_vcap, write_vcap_file
 from service.storage import S3ObjectStore
+
+DEMO_API_ROLE = "api_fac_gov"  # FAC's PostgREST role, granted the sample's API schema
 
 
 def run_demo(*, daemon: bool = False, rows: int = 5000) -> int:
@@ -26,7 +28,8 @@ def run_demo(*, daemon: bool = False, rows: int = 5000) -> int:
     try:
         db, snapshot = pg.create_database(), pg.create_database()
         with pg.connect(db) as conn:
-            load_sample_database(conn, general_rows=rows)
+            ensure_role(conn, DEMO_API_ROLE)
+            load_sample_database(conn, general_rows=rows, api_role=DEMO_API_ROLE)
         media, backups = s3.create_bucket("fac-private-s3-demo"), s3.create_bucket("fac-backups-demo")
         client = s3.client()
         for n in range(20):

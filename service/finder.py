@@ -105,7 +105,7 @@ def legacy_tables(objects: list[ObjectInfo], prefix: str) -> tuple[LegacyTable, 
 
 def is_legacy_prefix(objects: list[ObjectInfo], prefix: str) -> bool:
     names = {o.key[len(prefix):] for o in objects}
-    return (layout.MANIFEST_NAME not in names and layout.SCHEMA_NAME not in names
+    return (not names & {layout.MANIFEST_NAME, layout.SCHEMA_NAME, layout.PRIVILEGES_NAME}
             and bool(legacy_tables(objects, prefix)))
 
 

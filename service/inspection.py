@@ -89,6 +89,10 @@ def show_backup(backup_id: str, as_json: bool) -> int:
         print(f"database   {m.database}   server {m.server_version}   pg_dump {m.pg_dump_version}"
               f"   compression {m.compression}")
         print(f"schema     {m.schema.get('key', '-')}   {int(m.schema.get('bytes', 0)):,} bytes")
+        if m.privileges:
+            print(f"privileges {m.privileges['key']}   {int(m.privileges.get('privileges', 0)):,} privileges")
+        else:
+            print("privileges none recorded (made before privileges were kept: a restore brings back no GRANTs)")
         if m.before_restore:
             r = m.before_restore
             where = f"{r.get('space')}/{r.get('binding')}" if r.get("space") else r.get("binding")

@@ -3,7 +3,7 @@
 Dumps live under `backups/<backup-id>/`: one `<schema>-<table>.dump` per table
 (the format users restore by hand), `schema.dump` with every other object of
 the database, and `manifest.json`, written last. Table keys always hold a '-',
-so `schema.dump` and `manifest.json` can never collide with a table's dump.
+so `schema.dump`, `privileges.json` and `manifest.json` can never collide with a table's dump.
 Media objects live at the root of the backups bucket, outside `backups/`.
 Before the media sync replaces a copy whose content changed, it keeps the
 current one under `backups/media-versions/<media key>/<replaced-at>_<mirrored-at>`
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 BACKUPS_PREFIX = "backups/"
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "schema.dump"
+PRIVILEGES_NAME = "privileges.json"
 MEDIA_STATE_NAME = "media.json"
 # Not a backup: the media copies the sync replaced. Backup ids never take this name
 # (they all start with a kind of ID_FORMATS), and listings of backups skip it.
@@ -91,6 +92,10 @@ def table_key(backup_id: str, schema: str, table: str) -> str:
 
 def schema_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + SCHEMA_NAME
+
+
+def privileges_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + PRIVILEGES_NAME
 
 
 def manifest_key(backup_id: str) -> str:

@@ -163,7 +163,7 @@ def estimate_backup_bytes(store, tables) -> int:
 def expected_read_bytes(found, *, verify: bool, load: bool) -> int:
     """Bytes a restore or a drill downloads from a found backup (service.finder).
 
-    Verifying reads every object once. Loading reads each table once and
+    Verifying reads every object once (privileges.json too). Loading reads each table once and
     schema.dump four times (its table of contents, definitions, sequence values,
     indexes and constraints); a legacy table once (its definition comes from the
     head of the dump, a few KiB).
@@ -173,7 +173,8 @@ def expected_read_bytes(found, *, verify: bool, load: bool) -> int:
     else:
         tables, schema = sum(t.bytes for t in found.manifest.tables), int(found.manifest.schema.get("bytes", 0))
         verify_reads, load_reads = 1, 1
-    total = (tables + schema) * verify_reads if verify else 0
+    grants = int(found.manifest.privileges.get("bytes", 0)) if found.manifest is not None else 0
+    total = (tables + schema + grants) * verify_reads if verify else 0
     return total + (tables * load_reads + 4 * schema if load else 0)
 
 

@@ -30,16 +30,21 @@ class Expected:
     key: str
     bytes: int | None
     sha256: str | None
+    archive: bool = True  # a pg_dump archive (pg_restore can list it); privileges.json is not
 
 
 def expected_objects(found: FoundBackup) -> list[Expected]:
-    """Every object the backup's manifest (or legacy listing) promises, schema.dump first."""
+    """Every object the backup's manifest (or legacy listing) promises, schema.dump first,
+    then privileges.json (in backups made since privileges are kept)."""
     if found.manifest is None:
         return [Expected(f"table {t.qualified}", t.key, None, None) for t in found.legacy_tables]
     m = found.manifest
     items = []
     if m.schema:
         items.append(Expected(layout.SCHEMA_NAME, m.schema["key"], int(m.schema["bytes"]), m.schema["sha256"]))
+    if m.privileges:
+        items.append(Expected(layout.PRIVILEGES_NAME, m.privileges["key"], int(m.privileges["bytes"]),
+                              m.privileges["sha256"], archive=False))
     items += [Expected(f"table {t.schema}.{t.table}", t.key, t.bytes, t.sha256) for t in m.tables]
     return items
 
@@ -88,7 +93,7 @@ def _hash_only(store: ObjectStore, key: str) -> ObjectReader:
 
 def _check_one(store, found, item: Expected, pg_restore, env, scope) -> dict:
     try:
-        if pg_restore:
+        if pg_restore and item.archive:
             _, reader = read_toc(store, item.key, pg_restore, env, scope=scope)
         else:
             reader = _hash_only(store, item.key)

@@ -18,7 +18,7 @@ import pytest
 from service import jobs
 from service.config import load_config
 from service.log import configure_logging
-from service.sample_data import load_sample_database
+from service.sample_data import ensure_role, load_sample_database
 from service.sandbox import LocalPostgres, LocalS3, build_vcap, write_vcap_file
 from service.storage import S3ObjectStore
 
@@ -101,9 +101,21 @@ def sandbox(pg_server, s3_server, tmp_path) -> Sandbox:
         pg_server.drop_database(name)
 
 
+# A second role, as FAC's PostgREST role `api_fac_gov`: roles are cluster-wide, so it is
+# created once (idempotently, by any test run on the server) and never dropped.
+API_ROLE = "fac_backup_test_api"
+
+
+@pytest.fixture(scope="session")
+def api_role(pg_server) -> str:
+    with pg_server.connect() as conn:
+        ensure_role(conn, API_ROLE)
+    return API_ROLE
+
+
 @pytest.fixture
-def sample_db(sandbox) -> Sandbox:
-    """The sandbox with FAC-like sample data in fac-db."""
+def sample_db(sandbox, api_role) -> Sandbox:
+    """The sandbox with FAC-like sample data in fac-db, granted to the API role as FAC grants it."""
     with sandbox.connect() as conn:
-        load_sample_database(conn, general_rows=300, awards_per_audit=3, small_tables=3)
+        load_sample_database(conn, general_rows=300, awards_per_audit=3, small_tables=3, api_role=api_role)
     return sandbox

@@ -6,7 +6,9 @@
    multipart upload (no local disk; a few parts of memory per table), several
    tables at once, largest first.
 3. `schema.dump` keeps every other object (schemas, types, functions, views,
-   sequences and their values, constraints) so an empty database can be rebuilt.
+   sequences and their values, constraints) so an empty database can be rebuilt;
+   `privileges.json` keeps every GRANT and default privilege, read in the same
+   snapshot (the dumps themselves carry no owners or grants: see privileges.py).
 4. Only when every object is written does the manifest go up. On any failure
    the run's uploads are aborted, what it wrote is removed, and no manifest is
    written: a backup without a manifest is incomplete everywhere.
@@ -14,12 +16,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service import catalog, layout, progress
+from service import catalog, layout, privileges, progress
 from service.commands import CancelScope, RunningCommand, run_command
 from service.database import (
     TableInfo,
@@ -29,6 +32,7 @@ from service.database import (
     import_snapshot,
     list_user_tables,
     server_version,
+    translated_errors,
 )
 from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
 from service.pgtools import (
@@ -50,6 +54,7 @@ class BackupPlan:
     backup_id: str
     snapshot: str
     tables: tuple[TableInfo, ...]
+    privileges: dict | None = None  # the privileges document, read in the snapshot
 
 
 def check_pg_dump_version(program: str, env: dict, server_major: int) -> str:
@@ -99,12 +104,14 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
                 f"{config.fac_db.name} has no user tables to back up",
                 hint="check that the binding points at the application database",
             )
+        with translated_errors("reading the database's privileges"):
+            grants = privileges.read_privileges(control)
         backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
-        plan = BackupPlan(backup_id, snapshot, tables)
+        plan = BackupPlan(backup_id, snapshot, tables, grants)
         started_at = catalog.now_iso(settings.timezone)
         log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel)
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
-        entries, schema_entry = _dump_all(ctx, plan, store, env, pg_dump)
+        entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump)
         control.execute("COMMIT")
     manifest = catalog.Manifest(
         id=backup_id,
@@ -116,6 +123,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         database=config.fac_db.dbname,
         tables=tuple(sorted(entries, key=lambda e: (e.schema, e.table))),
         schema=schema_entry,
+        privileges=privileges_entry,
         compression=settings.compression,
         before_restore=dict(before_restore or {}),
     )
@@ -140,7 +148,8 @@ def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str
     written: list[str] = []
     try:
         with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="dump") as pool:
-            futures = {pool.submit(_dump_schema, ctx, plan, store, env, pg_dump, scope, written): None}
+            futures = {pool.submit(_dump_schema, ctx, plan, store, env, pg_dump, scope, written): None,
+                       pool.submit(_write_privileges, ctx, plan, store, written): None}
             for table in sorted(plan.tables, key=lambda t: -t.total_bytes):
                 futures[pool.submit(_dump_table, ctx, plan, table, store, env, pg_dump, scope, written)] = table
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -159,8 +168,10 @@ def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str
         raise
     finally:
         ctx.scope.remove_cleanup(token)
-    schema_entry = next(r for r in results if isinstance(r, dict))
-    return [r for r in results if isinstance(r, catalog.TableEntry)], schema_entry
+    schema_entry, privileges_entry = (
+        next(r for r in results if isinstance(r, dict) and r["key"].endswith(name))
+        for name in (layout.SCHEMA_NAME, layout.PRIVILEGES_NAME))
+    return [r for r in results if isinstance(r, catalog.TableEntry)], schema_entry, privileges_entry
 
 
 def _first_cause(errors, plan: BackupPlan) -> ServiceError:
@@ -203,6 +214,17 @@ def _dump_schema(ctx, plan, store, env, pg_dump, scope, written) -> dict:
     size, sha = _stream_dump(argv, env, key, ctx.config.settings.min_part_size, store, scope, written)
     ctx.log.info("backup.schema_dumped", key=key, bytes=size)
     return {"key": key, "bytes": size, "sha256": sha}
+
+
+def _write_privileges(ctx, plan, store, written) -> dict:
+    """privileges.json: the grants of the snapshot, beside schema.dump (a few kB)."""
+    body = privileges.encode(plan.privileges)
+    key = layout.privileges_key(plan.backup_id)
+    store.put_bytes(key, body)
+    written.append(key)
+    grants = privileges.count_grants(plan.privileges)
+    ctx.log.info("backup.privileges_written", key=key, privileges=grants)
+    return {"key": key, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "privileges": grants}
 
 
 def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written) -> catalog.TableEntry:

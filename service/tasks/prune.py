@@ -51,7 +51,7 @@ def classify(store: ObjectStore, backup_id: str, objects: list[ObjectInfo]) -> R
             return Record(backup_id, COMPLETE, started if started.tzinfo else started.replace(tzinfo=UTC), size)
         except (IntegrityError, BackupNotFoundError, ValueError):
             pass  # an unreadable manifest: nobody can tell what the backup holds; keep it
-    elif not nested and layout.SCHEMA_NAME in names and newest_write is not None:
+    elif not nested and names & {layout.SCHEMA_NAME, layout.PRIVILEGES_NAME} and newest_write is not None:
         return Record(backup_id, INCOMPLETE, newest_write, size)
     return Record(backup_id, FOREIGN, newest_write or EPOCH, size)
 
@@ -73,15 +73,17 @@ def failed_backup_run() -> str | None:
 
 
 def delete_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo]) -> None:
-    """The manifest first (the backup stops being complete), the table dumps, schema.dump last.
+    """The manifest first (the backup stops being complete), the table dumps, schema.dump
+    and privileges.json last.
 
     Whenever this stops, what is left either still has every object its manifest
-    names, or has no manifest and keeps its schema.dump, which marks it as this
+    names, or has no manifest and keeps its schema.dump (or privileges.json), which marks it as this
     service's incomplete backup for the next prune to remove.
     """
-    manifest, schema = layout.manifest_key(backup_id), layout.schema_key(backup_id)
+    manifest = layout.manifest_key(backup_id)
+    markers = (layout.schema_key(backup_id), layout.privileges_key(backup_id))
     keys = [o.key for o in objects]
-    for batch in ([manifest], [k for k in keys if k not in (manifest, schema)], [schema]):
+    for batch in ([manifest], [k for k in keys if k != manifest and k not in markers], list(markers)):
         batch = [k for k in batch if k in keys]
         if batch:
             store.delete_objects(batch)

@@ -6,10 +6,16 @@
 3. One psql session, one transaction (loader.Session): drop the user schemas
    of fac-db, then pump `pg_restore -f -` output into it: schema.dump's
    pre-data, every table's data (each streamed from S3 while the next one is
-   already downloading), the sequence values, schema.dump's post-data, and a
-   DO block comparing every table's rows with the manifest. COMMIT is sent
+   already downloading), schema.dump's post-data, the sequence values, a DO
+   block comparing every table's rows with the manifest, and last the
+   privileges of privileges.json (service.privileges). COMMIT is sent
    only when every producer exited 0 and every stream matched its manifest;
    otherwise psql is killed mid-transaction and PostgreSQL rolls back.
+Sequence values are set after schema.dump's post-data, which refreshes the
+materialized views: a view whose query draws from a sequence (FAC's do) must
+not leave that sequence ahead of the value backed up.
+Backups made before privileges were kept restore without grants, with a
+warning (`restore.privileges_not_in_backup`).
 Legacy backups (the old tool's; no manifest) cannot be verified: the log says
 so. They keep fac-db's definitions and replace the rows of their tables, in
 the same single transaction (service.tasks.legacy_restore).
@@ -17,12 +23,13 @@ the same single transaction (service.tasks.legacy_restore).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 
-from service import kinds, layout, progress
+from service import kinds, layout, privileges, progress
 from service.database import connect, list_user_tables, translated_errors
-from service.errors import JobAbortedError, RestoreError, ServiceError
+from service.errors import IntegrityError, JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
 from service.loader import (
     Session,
@@ -103,12 +110,13 @@ def restore_from_s3(ctx) -> dict:
     ctx.figures_on_failure = {"pre_restore_backup": pre_restore or ""}
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
+    loaded: dict = {}
     with open_target_session(ctx) as session:
-        tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan)
+        tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan, figures=loaded)
         ctx.scope.check()
         session.commit()
     ctx.restored = found
-    figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy,
+    figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy, **loaded,
                "pre_restore_backup": pre_restore or "", "seconds": round(time.monotonic() - started, 3)}
     if found.manifest is not None:
         figures["rows"] = found.manifest.total_rows
@@ -117,12 +125,14 @@ def restore_from_s3(ctx) -> dict:
 
 
 def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: dict, *,
-                legacy_plan: legacy_restore.LegacyPlan | None = None) -> int:
+                legacy_plan: legacy_restore.LegacyPlan | None = None, figures: dict | None = None) -> int:
     """Replace `target`'s contents with `found` inside `session`'s open transaction; return the
-    tables loaded. Never commits: the caller commits (s3_restore) or rolls back (the restore drill).
+    tables loaded (and add the privileges' figures to `figures`). Never commits: the caller
+    commits (s3_restore) or rolls back (the restore drill).
 
     A backup of this service first clears every user schema, then loads schema.dump's
-    definitions, each table, and the constraints and indexes last. A legacy backup (table
+    definitions, each table, the constraints and indexes, the sequence values, and the
+    privileges last. A legacy backup (table
     dumps only) keeps the target's definitions and replaces the rows of the tables it holds
     (service.tasks.legacy_restore; `legacy_plan` when the caller already checked it).
     """
@@ -130,8 +140,46 @@ def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: d
     if found.legacy:
         plan = legacy_plan or legacy_restore.plan_restore(ctx, store, found, target)
         return legacy_restore.load_rows(ctx, session, store, found, plan, env)
-    session.execute(build_reset_sql(list_user_schemas(target, ctx.config.settings.pg_sslmode)))
-    return _load_complete(ctx, session, store, found, pg_restore, env)
+    sslmode = ctx.config.settings.pg_sslmode
+    grants = read_recorded_privileges(ctx, store, found)
+    session.execute(build_reset_sql(list_user_schemas(target, sslmode)))
+    if grants is not None:
+        session.execute(privileges.build_clear_defaults_sql())
+    tables = _load_complete(ctx, session, store, found, pg_restore, env)
+    if grants is not None:
+        with connect(target, sslmode=sslmode, autocommit=True) as conn, \
+                translated_errors(f"reading the roles of {target.name}'s server"):
+            roles, member_of = privileges.read_target_roles(conn)
+        replay = privileges.build_replay_sql(grants, roles, member_of)
+        session.execute(replay.sql)
+        privileges.report(ctx.log, replay, target.name)
+        if figures is not None:
+            figures.update(replay.figures())
+    if figures is not None:
+        figures["privileges_in_backup"] = grants is not None
+    return tables
+
+
+def read_recorded_privileges(ctx, store, found: FoundBackup) -> dict | None:
+    """The backup's privileges document, checked against its manifest entry; None (and a
+    warning) for a backup made before privileges were kept."""
+    entry = found.manifest.privileges if found.manifest is not None else {}
+    if not entry:
+        ctx.log.warning("restore.privileges_not_in_backup", backup_id=found.id,
+                        reason="this backup was made before privileges were kept: the restored objects "
+                               "get no GRANTs and no default privileges",
+                        hint="grant them again by hand (or restore a newer backup)")
+        return None
+    raw = store.get_bytes(entry["key"])
+    if len(raw) != int(entry["bytes"]) or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+        raise IntegrityError(f"{layout.PRIVILEGES_NAME} of backup {found.id} has been altered",
+                             detail=f"{entry['key']}: {len(raw)} bytes, the manifest recorded {entry['bytes']}",
+                             hint="choose another backup; nothing was changed")
+    try:
+        return privileges.decode(raw)
+    except ValueError as exc:
+        raise IntegrityError(f"{layout.PRIVILEGES_NAME} of backup {found.id} is unreadable", detail=str(exc),
+                             hint="a newer version of this service wrote it; restore with that version") from exc
 
 
 def _restore_argv(pg_restore: str, *extra: str, sections: tuple[str, ...] = (), use_list: str | None = None):
@@ -178,20 +226,21 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
                          (table.bytes, table.sha256), f"table {table.schema}.{table.table}")
             ctx.log.info("restore.table_loaded", table=f"{table.schema}.{table.table}", rows=table.rows)
             ctx.progress.item_done()
-        if sequence_entries:
-            # Only the SEQUENCE SET entries of schema.dump's data section: their values as backed up.
-            with tempfile.NamedTemporaryFile("w", suffix=".list", encoding="utf-8") as listing:
-                listing.write("\n".join(sequence_entries) + "\n")
-                listing.flush()
-                _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
-                             _restore_argv(pg_restore, use_list=listing.name), env, schema_expect,
-                             "schema.dump (sequence values)")
         # Fresh tables have no statistics: the foreign-key checks of post-data would plan blind.
         session.execute("".join(f"ANALYZE {quote_ident(t.schema)}.{quote_ident(t.table)};\n" for t in tables))
         ctx.log.info("restore.building_indexes_and_constraints")
         _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
                      _restore_argv(pg_restore, sections=("post-data",)), env, schema_expect,
                      "schema.dump (post-data)")
+        if sequence_entries:
+            # Only the SEQUENCE SET entries of schema.dump's data section: their values as backed up,
+            # set after post-data's materialized-view refreshes, which may draw from them.
+            with tempfile.NamedTemporaryFile("w", suffix=".list", encoding="utf-8") as listing:
+                listing.write("\n".join(sequence_entries) + "\n")
+                listing.flush()
+                _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
+                             _restore_argv(pg_restore, use_list=listing.name), env, schema_expect,
+                             "schema.dump (sequence values)")
         ctx.log.info("restore.checking_row_counts")
     finally:
         for reader in readers:

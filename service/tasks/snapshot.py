@@ -6,8 +6,10 @@
 2. The whole replacement is ONE transaction on the target: drop every user
    schema (public too, then recreated), create the source's definitions, load
    each table through a binary COPY byte pump (service.copier), build indexes
-   and constraints, set sequences, refresh materialized views, and compare
-   every table's loaded rows with the count taken in the source snapshot.
+   and constraints, refresh materialized views, then set sequences (a refresh
+   may draw from them), grant the source's privileges (service.privileges),
+   and compare every table's loaded rows with the count taken in the source
+   snapshot.
 3. It commits only when every producer exited 0, every stream was whole and
    every count matched. Anything else (a lost connection, a dying producer, a
    cancel, a bad row) rolls back: readers of the target never see a
@@ -30,7 +32,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from service import copier
+from service import copier, privileges
 from service.commands import RunningCommand, run_command
 from service.database import connect, export_snapshot, list_user_tables, server_version, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
@@ -57,6 +59,7 @@ class SourcePlan:
     matviews: tuple[tuple[str, str], ...]
     pre_data: str
     post_data: str
+    privileges: dict
 
 
 def copy_database(ctx) -> dict:
@@ -132,6 +135,7 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_res
         tables = copier.read_tables(control)
         sequences = copier.read_sequence_values(control)
         matviews = copier.read_populated_matviews(control)
+        grants = privileges.read_privileges(control)
     # One schema-only archive, split into its sections by pg_restore (no server work twice).
     archive = run_command(
         build_pg_dump_command(pg_dump, snapshot=snapshot, compression=0, extra=DDL_OPTIONS),
@@ -141,7 +145,7 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_res
         argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
         ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
     return SourcePlan(snapshot, taken_at, tuple(tables), tuple(sequences), tuple(matviews),
-                      ddl["pre-data"], ddl["post-data"])
+                      ddl["pre-data"], ddl["post-data"], grants)
 
 
 class _Counter:
@@ -201,6 +205,7 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
                 # First, so that a role that may not comment (not the database's owner) fails
                 # before the load rather than after it.
                 write_refresh_record(conn, record)
+            conn.execute(privileges.build_clear_defaults_sql())
         with _stage(ctx, f"creating the definitions in {target.name}"):
             conn.execute(plan.pre_data)
         for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target):
@@ -220,6 +225,10 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             conn.execute(plan.post_data)
         with _stage(ctx, f"setting sequences and materialized views in {target.name}"):
             _finish_objects(conn, plan)
+        with _stage(ctx, f"granting privileges in {target.name}"):
+            replay = privileges.build_replay_sql(plan.privileges, *privileges.read_target_roles(conn))
+            if replay.sql:
+                conn.execute(replay.sql)
         _verify_counts(counter.result(), loaded)
         ctx.scope.check()
         with _stage(ctx, f"committing {target.name}"):
@@ -231,8 +240,9 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
     finally:
         ctx.scope.remove_cleanup(token)
         conn.close()
+    privileges.report(ctx.log, replay, target.name)
     return {"tables": len(loaded), "rows": sum(loaded.values()), "bytes": total_bytes,
-            "sequences": len(plan.sequences), "schemas_replaced": len(dropped)}
+            "sequences": len(plan.sequences), "schemas_replaced": len(dropped), **replay.figures()}
 
 
 def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: DatabaseBinding):
@@ -267,13 +277,18 @@ def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: Data
 
 
 def _finish_objects(conn: psycopg.Connection, plan: SourcePlan) -> None:
-    """Sequence values and matview contents: a schema-only dump carries neither."""
+    """Matview contents and sequence values: a schema-only dump carries neither.
+
+    Sequences last: a materialized view whose query calls nextval (FAC's draw their
+    ids that way) advances its sequence on every refresh, and the copy must end
+    with the source's value, not the source's value plus the refresh's draws.
+    """
+    for schema, name in plan.matviews:
+        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name)))
     for schema, name, value, is_called in plan.sequences:
         regclass = sql.Literal(sql.Identifier(schema, name).as_string(conn))
         conn.execute(sql.SQL("SELECT pg_catalog.setval({}::regclass, {}, {})").format(
             regclass, sql.Literal(value), sql.Literal(is_called)))
-    for schema, name in plan.matviews:
-        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name)))
 
 
 def _verify_counts(source: dict, loaded: dict) -> None:

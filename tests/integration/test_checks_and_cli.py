@@ -88,7 +88,7 @@ def test_list_shows_complete_and_incomplete_backups(sample_db):
     rows = {r["id"]: r for r in json.loads(done.stdout)}
     assert rows["scheduled-06-04-10"]["complete"] is False
     complete = [r for r in rows.values() if r["complete"]]
-    assert len(complete) == 1 and complete[0]["job"] == "db_to_s3" and complete[0]["tables"] == 9
+    assert len(complete) == 1 and complete[0]["job"] == "db_to_s3" and complete[0]["tables"] == 14
 
 
 def test_demo_runs_the_main_job_end_to_end(pg_server):

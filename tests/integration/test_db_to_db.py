@@ -15,59 +15,13 @@ import threading
 import time
 
 import pytest
-from psycopg import sql
 
 from service import jobs
 from service.commands import CancelScope
 from service.errors import ConfigError, SafetyError
 from service.log import get_logger
 from service.tasks.snapshot import APPLICATION_NAME, copy_database_between
-
-FINGERPRINT_QUERIES = {
-    "relations": """
-        SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' AND c.relkind <> 't'
-        ORDER BY 1, 2""",
-    "columns": """
-        SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               a.attgenerated, pg_get_expr(d.adbin, d.adrelid)
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE a.attnum > 0 AND NOT a.attisdropped AND n.nspname <> 'information_schema'
-          AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2""",
-    "constraints": """
-        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
-        WHERE connamespace::regnamespace::text NOT LIKE 'pg\\_%'
-          AND connamespace::regnamespace::text <> 'information_schema' ORDER BY 1, 2""",
-    "indexes": """
-        SELECT schemaname, indexname, indexdef FROM pg_indexes
-        WHERE schemaname <> 'information_schema' AND schemaname NOT LIKE 'pg\\_%' ORDER BY 1, 2""",
-    "types": """
-        SELECT t.typname, e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
-        ORDER BY 1, e.enumsortorder""",
-    "views": """
-        SELECT schemaname, viewname, definition FROM pg_views
-        WHERE schemaname <> 'information_schema' AND schemaname NOT LIKE 'pg\\_%' ORDER BY 1, 2""",
-    "functions": """
-        SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p
-        JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1""",
-}
-
-
-def fingerprint(conn) -> dict:
-    """Definitions, sequence values, and every table's row count and content digest."""
-    found = {name: conn.execute(query).fetchall() for name, query in FINGERPRINT_QUERIES.items()}
-    for schema, name, kind in found["relations"]:
-        ident = sql.Identifier(schema, name)
-        if kind == "S":
-            found[f"seq {schema}.{name}"] = conn.execute(
-                sql.SQL("SELECT last_value, is_called FROM {}").format(ident)).fetchone()
-        elif kind in ("r", "v"):
-            found[f"rows {schema}.{name}"] = conn.execute(sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
-            ).format(ident)).fetchone()
-    return found
+from tests.fingerprint import assert_same_database, fingerprint
 
 
 def snapshot_print(box) -> dict:
@@ -77,10 +31,7 @@ def snapshot_print(box) -> dict:
 
 def assert_snapshot_equals_source(box) -> None:
     with box.connect("db") as source, box.connect("snapshot_db") as target:
-        expected, got = fingerprint(source), fingerprint(target)
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert got[key] == expected[key], key
+        assert_same_database(source, target)
 
 
 def change_source(box) -> None:
@@ -108,7 +59,7 @@ def test_copy_into_empty_target_equals_source(sample_db):
         assert conn.execute("SELECT count(*) FROM support.cog_over").fetchone()[0] == 30
         assert conn.execute("SELECT 'submitted'::public.audit_status").fetchone()[0] == "submitted"
     figures = result.steps[0].figures
-    assert figures["tables"] == 9 and figures["rows"] > 1500 and figures["bytes"] > 0
+    assert figures["tables"] == 13 and figures["rows"] > 1500 and figures["bytes"] > 0
 
 
 def test_second_copy_replaces_a_populated_target(sample_db):
@@ -314,7 +265,7 @@ def test_copy_refuses_fac_db_as_target_unless_allowed(sample_db):
     with sample_db.connect("db") as conn:
         assert conn.execute("SELECT to_regclass('public.only_live')").fetchone()[0] is not None
     figures = copy_database_between(ctx, config.snapshot_db, config.fac_db, allow_live_target=True)
-    assert figures["tables"] == 9
+    assert figures["tables"] == 13
     with sample_db.connect("db") as conn:
         assert conn.execute("SELECT to_regclass('public.only_live')").fetchone()[0] is None
 

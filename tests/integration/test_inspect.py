@@ -20,7 +20,7 @@ def test_list_shows_complete_and_incomplete_backups(sample_db):
     out = sample_db.cli("list", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["id"]: r for r in json.loads(out.stdout)}
-    assert rows[backup_id]["complete"] and rows[backup_id]["tables"] == 9 and not rows[backup_id]["legacy"]
+    assert rows[backup_id]["complete"] and rows[backup_id]["tables"] == 14 and not rows[backup_id]["legacy"]
     assert rows["daily-06-04"]["complete"] is False and rows["daily-06-04"]["legacy"] is False
     assert rows["initial-202401010000"]["legacy"] is True
     assert rows["scheduled/06-04-10"]["legacy"] is True and rows["scheduled/06-04-10"]["tables"] == 2
@@ -57,7 +57,7 @@ def test_verify_passes_then_names_an_altered_dump(sample_db):
         before = database_state_tables(conn)
     ok = sample_db.cli("verify", backup_id)
     assert ok.returncode == 0, ok.stderr
-    assert "OK, 10 objects" in ok.stdout
+    assert "OK, 16 objects" in ok.stdout
     store = sample_db.store()
     key = layout.table_key(backup_id, "support", "cog_over")
     data = bytearray(store.get_bytes(key))

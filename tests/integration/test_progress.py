@@ -29,9 +29,10 @@ def test_a_restore_reports_progress_against_what_the_manifest_says_it_will_read(
     assert {e["step"] for e in events} == {"s3_restore"}
     tables = sum(t.bytes for t in manifest.tables)
     schema = int(manifest.schema["bytes"])
+    grants = int(manifest.privileges["bytes"])
     # From the start: verify every object once, then load each table once and schema.dump four
     # times; the pre-restore backup adds its estimate (this very backup's table sizes) when it starts.
-    restore_alone = (tables + schema) + (tables + 4 * schema)
+    restore_alone = (tables + schema + grants) + (tables + 4 * schema)
     assert {e["expected_bytes"] for e in events} <= {restore_alone, restore_alone + tables + schema}
     assert events[-1]["expected_bytes"] == restore_alone + tables + schema
     assert events[-1]["tables_total"] == 2 * len(manifest.tables)  # dumped for pre-restore, then loaded

@@ -16,6 +16,7 @@ from service import catalog, layout
 from service.finder import find_backup
 from service.sandbox import find_pg_program
 from service.tasks import restore
+from tests.fingerprint import fingerprint
 
 CONFIRM = {"confirm": "fac-db"}
 ODD = '"Odd Name ""quoted"" é"'
@@ -97,7 +98,7 @@ def pre_restore_ids(box) -> list[str]:
 def test_round_trip_repairs_every_kind_of_damage(sample_db):
     """Backup, damage (dropped table, altered column, deleted rows, dropped schema, sequence), restore: identical."""
     with sample_db.connect() as conn:
-        before = database_state(conn)
+        before, whole = database_state(conn), fingerprint(conn)
     backup_id = take_backup(sample_db)
     with sample_db.connect() as conn:
         break_database(conn)
@@ -106,6 +107,7 @@ def test_round_trip_repairs_every_kind_of_damage(sample_db):
     assert_restored(result)
     with sample_db.connect() as conn:
         after = database_state(conn)
+        assert fingerprint(conn) == whole  # functions, triggers, materialized views, privileges too
     assert after == before
     assert ("public", "report_number_seq", 4242) in after["sequences"]
     figures = result.steps[0].figures
@@ -222,11 +224,11 @@ def test_connection_terminated_mid_load_leaves_database_unchanged(sample_db, mon
 def test_restore_into_an_empty_database(sample_db):
     """Every object is recreated in a database with no user objects at all (no pre-restore backup needed)."""
     with sample_db.connect() as conn:
-        before = database_state(conn)
+        before, whole = database_state(conn), fingerprint(conn)
     backup_id = take_backup(sample_db)
     with sample_db.connect() as conn:
-        for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname IN ('public', 'support')"
-                                      ).fetchall():
+        for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname IN "
+                                      "('public', 'support', 'curation', 'api_v1_1_0')").fetchall():
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.execute("DROP TYPE IF EXISTS public.audit_status")
     result = sample_db.run("s3_restore", backup_id, options=CONFIRM)
@@ -234,6 +236,7 @@ def test_restore_into_an_empty_database(sample_db):
     assert result.steps[0].figures["pre_restore_backup"] == ""
     with sample_db.connect() as conn:
         assert database_state(conn) == before
+        assert fingerprint(conn) == whole
 
 
 def write_legacy_backup(box, prefix: str) -> None:

@@ -142,10 +142,11 @@ def test_a_restore_expects_what_it_will_download():
     class Manifest:
         tables = [type("T", (), {"bytes": 100})(), type("T", (), {"bytes": 50})()]
         schema = {"bytes": 10}
+        privileges = {"bytes": 7}  # verified, then read without a stream
 
     found = type("Found", (), {"manifest": Manifest(), "legacy_tables": ()})()
-    assert expected_read_bytes(found, verify=True, load=False) == 160
-    assert expected_read_bytes(found, verify=True, load=True) == 160 + 150 + 40
+    assert expected_read_bytes(found, verify=True, load=False) == 167
+    assert expected_read_bytes(found, verify=True, load=True) == 167 + 150 + 40
 
 
 def test_on_a_terminal_a_live_bar_replaces_the_events(capsys):
