@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         t_plain, _ = timed(plain_dump, env, env.db)
         t_ours, rss, our_bytes = ours_with_snapshot(env, env.db, snapshot)
         small = env.new_database()
-        with env.pg.connect(small) as conn:
+        with env.pg.connect_as_owner(small) as conn:
             load_sample_database(conn, general_rows=2000, awards_per_audit=2, small_tables=40)
         _, rss_small, _ = ours_with_snapshot(env, small, snapshot)
         t_progress_off, t_progress_on = progress_cost(env, snapshot)

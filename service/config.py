@@ -43,6 +43,7 @@ class Settings:
     lock_wait_seconds: float = 3600.0
     snapshot_max_age_hours: float = 48.0
     dump_lock_wait_seconds: int = 600
+    restore_lock_wait_seconds: int = 300  # a restore waiting longer for a lock on fac-db gives up, changing nothing
     min_part_size: int = 8 * 1024 * 1024
     log_format: str = "auto"
     sync_concurrency: int = 16  # objects copied at once by the media sync
@@ -164,6 +165,7 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         lock_wait_seconds=r.number("LOCK_WAIT_SECONDS", 3600.0, 0.0),
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
         dump_lock_wait_seconds=r.integer("DUMP_LOCK_WAIT_SECONDS", 600, 1, 86400),
+        restore_lock_wait_seconds=r.integer("RESTORE_LOCK_WAIT_SECONDS", 300, 1, 86400),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
         sync_concurrency=r.integer("SYNC_CONCURRENCY", 16, 1, 64),

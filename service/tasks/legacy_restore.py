@@ -44,7 +44,13 @@ from service.errors import (
     ServiceError,
 )
 from service.finder import FoundBackup, LegacyTable
-from service.loader import LOCK_TIMEOUT, Session, load_archive, quote_ident, quote_literal
+from service.loader import (
+    DEFAULT_LOCK_WAIT_SECONDS,
+    Session,
+    build_lock_timeout_sql,
+    load_archive,
+    quote_ident,
+)
 from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path
 from service.streams import ObjectReader
 
@@ -238,11 +244,11 @@ def plan_restore(ctx, store, found: FoundBackup, target) -> LegacyPlan:
                       tuple(outside_keys), tuple(dict.fromkeys(restart)))
 
 
-def build_prepare_sql(plan: LegacyPlan) -> str:
+def build_prepare_sql(plan: LegacyPlan, lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS) -> str:
     """Lock, defer, make the sequences transactional, switch the user triggers off, empty: the
     statements before the rows load."""
     names = [name for name, _ in plan.tables]
-    lines = [f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)};",
+    lines = [build_lock_timeout_sql(lock_wait_seconds).rstrip("\n"),
              f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE;",
              "SET CONSTRAINTS ALL DEFERRED;"]
     # setval is not undone by a rollback, but a sequence altered in this transaction gets new storage,
@@ -269,7 +275,7 @@ def load_rows(ctx, session: Session, store, found: FoundBackup, plan: LegacyPlan
     argv = build_pg_restore_command(pg_restore, extra=("--data-only", "-f", "-"))
     ctx.log.info("restore.legacy_plan", backup_id=found.id, truncated=len(plan.truncate), deleted=len(plan.delete),
                  triggers_off=len(plan.triggers), outside_foreign_keys=list(plan.outside_keys))
-    session.execute(build_prepare_sql(plan))
+    session.execute(build_prepare_sql(plan, ctx.config.settings.restore_lock_wait_seconds))
     # The next dump downloads while the current one loads (one reader ahead, bounded queues).
     readers = [ObjectReader(store, table.key) for _, table in plan.tables]
     try:

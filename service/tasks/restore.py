@@ -141,7 +141,7 @@ def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: d
         return legacy_restore.load_rows(ctx, session, store, found, plan, env)
     sslmode = ctx.config.settings.pg_sslmode
     grants = read_recorded_privileges(ctx, store, found)
-    session.execute(build_reset_sql(list_user_schemas(target, sslmode)))
+    session.execute(build_reset_sql(list_user_schemas(target, sslmode), ctx.config.settings.restore_lock_wait_seconds))
     if grants is not None:
         session.execute(privileges.build_clear_defaults_sql())
     tables = _load_complete(ctx, session, store, found, pg_restore, env)

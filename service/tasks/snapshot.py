@@ -196,6 +196,10 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
     try:
         with _stage(ctx, f"clearing the user schemas of {target.name}"):
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
+            # Sessions of the application (or anyone reading the snapshot) may hold locks the DROP
+            # needs: give up after the restore's lock wait rather than queue everyone behind us.
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{int(settings.restore_lock_wait_seconds)}s")))
             dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
             if dropped:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(

@@ -12,11 +12,15 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from service import catalog, layout
 from service.finder import find_backup
 from service.sandbox import find_pg_program
 from service.tasks import restore
 from tests.fingerprint import fingerprint
+
+pytestmark = pytest.mark.integration
 
 CONFIRM = {"confirm": "fac-db"}
 ODD = '"Odd Name ""quoted"" é"'
