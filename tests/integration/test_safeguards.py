@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from service.commands import CancelScope
-from service.errors import JobAbortedError
+from service.errors import IntegrityError, JobAbortedError
 from service.storage import MIN_PART_SIZE, S3ObjectStore
 from service.tasks import restore, snapshot
 from tests.conftest import REPO
 from tests.fakes import dies_halfway, make_pg_bin
 from tests.integration.test_daemon import processes_mentioning
 from tests.integration.test_db_to_db import snapshot_print
+from tests.integration.test_drill import take_backup as take_drill_backup
 from tests.integration.test_restore import CONFIRM, database_state, take_backup
 
 pytestmark = pytest.mark.integration
@@ -296,3 +297,39 @@ def test_a_cancel_after_a_multipart_copy_opened_aborts_it(sample_db):
     client = box.s3.client()
     assert client.list_multipart_uploads(Bucket=box.backups).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=box.backups).get("KeyCount") == 0
+
+
+# --- the drill: a flipped byte and appended bytes, each caught by its own check -----------------
+
+def tampered_backup(box, tamper: str):
+    """A backup whose dissemination_finding dump had a byte flipped in place, or bytes appended."""
+    manifest = take_drill_backup(box)
+    store = box.store()
+    entry = next(t for t in manifest.tables if t.table == "dissemination_finding")
+    data = bytearray(store.get_bytes(entry.key))
+    if tamper == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data += b"appended"
+    store.put_bytes(entry.key, bytes(data))
+    return manifest, entry, len(data)
+
+
+def test_the_drill_names_the_checksum_for_a_flipped_byte(sample_db):
+    """Same size, one byte flipped: the drill fails on the sha256, saying which it expected."""
+    manifest, entry, size = tampered_backup(sample_db, "flip")
+    assert size == entry.bytes  # the size check cannot see it
+    result = sample_db.run("verify_backup", manifest.id)
+    assert result.outcome == "failure" and isinstance(result.error, IntegrityError)
+    assert result.error.message == (f"the dump of table public.dissemination_finding in backup {manifest.id} "
+                                    "has been altered")
+    assert f"recorded {entry.sha256}" in result.error.detail and entry.key in result.error.detail
+
+
+def test_the_drill_names_the_size_for_appended_bytes(sample_db):
+    """Bytes appended: the drill fails on the size, before any download, naming both sizes."""
+    manifest, entry, size = tampered_backup(sample_db, "append")
+    result = sample_db.run("verify_backup", manifest.id)
+    assert result.outcome == "failure" and isinstance(result.error, IntegrityError)
+    assert "public.dissemination_finding" in result.error.message and "altered" in result.error.message
+    assert result.error.detail == f"{entry.key} holds {size} bytes, the manifest recorded {entry.bytes}"
