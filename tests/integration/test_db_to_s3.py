@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import threading
 
@@ -58,12 +59,13 @@ def test_one_table_restores_with_stock_pg_restore(sample_db, pg_server):
     entry = next(t for t in m.tables if t.table == "dissemination_finding")
     target = pg_server.create_database()
     try:
-        with pg_server.connect(target) as conn:
+        with pg_server.connect_as_owner(target) as conn:
             conn.execute("CREATE TABLE public.dissemination_general (report_id text PRIMARY KEY)")
-        restore = subprocess.run(
-            [find_pg_program("pg_restore"), "--no-owner", "-h", pg_server.host, "-p", str(pg_server.port),
-             "-U", pg_server.user, "-d", target, "--exit-on-error", "--section=pre-data", "--section=data"],
-            input=sample_db.store().get_bytes(entry.key), capture_output=True)
+        restore = subprocess.run(  # as an operator would, with the target binding's role and password
+            [find_pg_program("pg_restore"), "--no-owner", "-d", target, "--exit-on-error",
+             "--section=pre-data", "--section=data"],
+            input=sample_db.store().get_bytes(entry.key), capture_output=True,
+            env=dict(os.environ, **pg_server.owner_env(target)))
         assert restore.returncode == 0, restore.stderr.decode()
         with pg_server.connect(target) as conn:
             assert conn.execute("SELECT count(*) FROM public.dissemination_finding").fetchone()[0] == entry.rows
@@ -204,9 +206,9 @@ def test_tables_of_one_backup_show_one_moment(sandbox, tmp_path, pg_server):
     target = pg_server.create_database()
     try:
         for entry in m.tables:
-            subprocess.run([find_pg_program("pg_restore"), "--no-owner", "-h", pg_server.host, "-p",
-                            str(pg_server.port), "-U", pg_server.user, "-d", target, "--exit-on-error"],
-                           input=sandbox.store().get_bytes(entry.key), check=True, capture_output=True)
+            subprocess.run([find_pg_program("pg_restore"), "--no-owner", "-d", target, "--exit-on-error"],
+                           input=sandbox.store().get_bytes(entry.key), check=True, capture_output=True,
+                           env=dict(os.environ, **pg_server.owner_env(target)))
         with pg_server.connect(target) as conn:
             total = conn.execute("SELECT (SELECT sum(balance) FROM account_a) + "
                                  "(SELECT sum(balance) FROM account_b)").fetchone()[0]
