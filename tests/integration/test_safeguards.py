@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from service import catalog
 from service.commands import CancelScope
 from service.errors import IntegrityError, JobAbortedError
 from service.storage import MIN_PART_SIZE, S3ObjectStore
 from service.tasks import restore, snapshot
 from tests.conftest import REPO
-from tests.fakes import dies_halfway, make_pg_bin
+from tests.fakes import dies_halfway, make_pg_bin, waits_for
 from tests.integration.test_daemon import processes_mentioning
 from tests.integration.test_db_to_db import snapshot_print
 from tests.integration.test_drill import take_backup as take_drill_backup
@@ -333,3 +334,89 @@ def test_the_drill_names_the_size_for_appended_bytes(sample_db):
     assert result.outcome == "failure" and isinstance(result.error, IntegrityError)
     assert "public.dissemination_finding" in result.error.message and "altered" in result.error.message
     assert result.error.detail == f"{entry.key} holds {size} bytes, the manifest recorded {entry.bytes}"
+
+
+# --- one moment per copy: the writer's moves counted only once the snapshot is exported ----------
+
+class MoneyMover:
+    """Moves money between account_a and account_b of fac-db, 7 at a time, in one transaction each
+    (the two tables always balance to 200,000); `flag` appears once 50 moves were committed AFTER
+    the service exported its snapshot, so a table copied after the flag differs from the snapshot."""
+
+    def __init__(self, box, flag: Path) -> None:
+        self.box, self.flag = box, flag
+        self.stop = threading.Event()
+        self.after_export = 0
+        with box.connect() as conn:
+            for table in ("account_a", "account_b"):
+                conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, balance bigint NOT NULL)")
+                conn.execute(f"INSERT INTO public.{table} SELECT i, 1000 FROM generate_series(1, 100) i")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _exported(self, admin) -> bool:
+        """A session of the service on fac-db inside a transaction: the snapshot exists (it is
+        exported first, and every pg_dump or psql of the copy imports it)."""
+        return admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name LIKE "
+                             "'fac-backup%%' AND xact_start IS NOT NULL AND backend_xmin IS NOT NULL",
+                             (self.box.db,)).fetchone() is not None
+
+    def _run(self) -> None:
+        with self.box.connect() as conn, self.box.admin() as admin:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                exported = self.after_export > 0 or self._exported(admin)
+                with conn.transaction():
+                    conn.execute("UPDATE public.account_a SET balance = balance - 7 WHERE id = %s", (n % 100 + 1,))
+                    conn.execute("UPDATE public.account_b SET balance = balance + 7 WHERE id = %s", (n % 100 + 1,))
+                if exported:
+                    self.after_export += 1
+                    if self.after_export == 50:
+                        self.flag.touch()
+
+    def __enter__(self) -> MoneyMover:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def balance_of(conn) -> int:
+    return conn.execute("SELECT (SELECT sum(balance) FROM public.account_a) + "
+                        "(SELECT sum(balance) FROM public.account_b)").fetchone()[0]
+
+
+def test_db_to_s3_tables_show_one_moment_with_moves_after_the_export(sandbox, tmp_path, pg_server):
+    """account_b is dumped only after 50 moves committed after the snapshot export: the backup still balances."""
+    flag = tmp_path / "go"
+    with MoneyMover(sandbox, flag) as mover:
+        bin_dir = make_pg_bin(tmp_path / "bin", pg_dump=waits_for("public", "account_b", flag))
+        done = sandbox.cli("run", "db_to_s3", env=dict(sandbox.environ, FAC_BACKUP_PG_BIN=str(bin_dir)))
+    assert done.returncode == 0, done.stderr
+    assert mover.after_export >= 50
+    backup = next(b for b in catalog.list_backups(sandbox.store()) if b.complete)
+    target = pg_server.create_database()
+    try:
+        for entry in backup.manifest.tables:
+            subprocess.run([shutil.which("pg_restore"), "--no-owner", "-d", target, "--exit-on-error"],
+                           input=sandbox.store().get_bytes(entry.key), check=True, capture_output=True,
+                           env=dict(os.environ, **pg_server.owner_env(target)))
+        with pg_server.connect(target) as conn:
+            assert balance_of(conn) == 200 * 1000
+    finally:
+        pg_server.drop_database(target)
+
+
+def test_db_to_db_tables_show_one_moment_with_moves_after_the_export(sandbox, tmp_path):
+    """account_b is copied only after 50 moves committed after the snapshot export: the copy still balances."""
+    flag = tmp_path / "go"
+    gate = f'case "$*" in *\'"account_b"\'*"TO STDOUT"*) while [ ! -e "{flag}" ]; do sleep 0.05; done ;; esac\n'
+    install_programs(sandbox, tmp_path, psql="#!/bin/bash\nREAL=%(real)s\n" + gate + 'exec "$REAL" "$@"\n')
+    with MoneyMover(sandbox, flag) as mover:
+        result = sandbox.run("db_to_db")
+    assert result.outcome == "success", result.error
+    assert mover.after_export >= 50
+    with sandbox.connect("snapshot_db") as conn:
+        assert balance_of(conn) == 200 * 1000
