@@ -19,11 +19,14 @@ from service.config import load_config
 from service.errors import JobAbortedError, LockBusyError
 from service.locking import LOCK_KEY
 from service.tasks import backup
+from tests.integration import test_daemon
+from tests.integration.test_daemon import wait_for
 from tests.integration.test_notify import Receiver, failure
 from tests.integration.test_prune import history  # noqa: F401 - a fixture
 from tests.unit.test_config import vcap
 
 pytestmark = pytest.mark.integration
+start_daemon = test_daemon.start_daemon  # the daemon fixture of test_daemon, used here too
 
 
 @pytest.fixture(autouse=True)
@@ -168,3 +171,29 @@ def test_a_backup_sweeps_stale_multipart_uploads_and_only_those(sample_db, monke
     assert [e["count"] for e in logs if e["event"] == "backup.swept_uploads"] == [1]
     client.abort_multipart_upload(Bucket=box.backups, Key=outside["Key"], UploadId=outside["UploadId"])
     assert stale["UploadId"]
+
+
+# --- the live daemon: a job already running is refused; pause and resume move the gauges ---------
+
+def test_the_daemon_refuses_a_job_already_running_and_pause_resume_move_the_gauges(sample_db, start_daemon):
+    """A second trigger of a running job is refused (nothing more starts); pause zeroes the next-run
+    gauges and sets the paused gauge; resume restores both."""
+    pg_bin = test_daemon.write_pg_bin(sample_db.tmp / "pgbin", "*lookup_00*", 60)
+    daemon = start_daemon(FAC_BACKUP_PG_BIN=str(pg_bin))
+    daemon.wait_healthy()
+    next_daily = daemon.value("fac_backup_job_next_run_timestamp_seconds", job="daily_backup")
+    assert next_daily and next_daily > time.time()
+    first = daemon.ctl("trigger", job="db_to_s3", args=[], options={})
+    assert first["ok"] and first["accepted"]
+    wait_for(lambda: daemon.value("fac_backup_job_running", job="db_to_s3") == 1, 30, "db_to_s3 running")
+    second = daemon.ctl("trigger", job="db_to_s3", args=[], options={})
+    assert second["ok"] is False and "already running" in second["error"] and first["run_id"] in second["error"]
+    assert [r["run_id"] for r in daemon.ctl("status")["running"]] == [first["run_id"]]
+
+    assert daemon.ctl("pause")["paused"] is True
+    assert daemon.value("fac_backup_schedule_paused") == 1
+    assert daemon.value("fac_backup_job_next_run_timestamp_seconds", job="daily_backup") == 0
+    assert daemon.ctl("status")["paused"] is True
+    assert daemon.ctl("resume")["paused"] is False
+    assert daemon.value("fac_backup_schedule_paused") == 0
+    assert daemon.value("fac_backup_job_next_run_timestamp_seconds", job="daily_backup") == next_daily
