@@ -140,6 +140,15 @@ class MetricsServer:
         self.server.server_close()
 
 
+def run_scheduled(runner: Runner, job: str, settings) -> None:
+    """One scheduled fire: the job, then the run its outcome calls for (scheduler.follow_up:
+    prune_backups --apply after a successful daily_backup, nothing after a failed one)."""
+    result = runner.run(job, trigger="scheduler")
+    chained = follow_up(job, result.outcome if result is not None else "", settings)
+    if chained is not None:
+        runner.run(chained[0], options=chained[1], trigger="scheduler")
+
+
 def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     """Run until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
     log = get_logger(component="daemon")
@@ -153,10 +162,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
 
     def fire(job: str) -> None:
         metrics.set_next_runs(scheduler.next_runs())
-        result = runner.run(job, trigger="scheduler")
-        chained = follow_up(job, result.outcome if result is not None else "", settings)
-        if chained is not None:
-            runner.run(chained[0], options=chained[1], trigger="scheduler")
+        run_scheduled(runner, job, settings)
 
     scheduler = JobScheduler(settings.timezone, fire, runner.record_skip)
     for job, trigger in triggers.items():

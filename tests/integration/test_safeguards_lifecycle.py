@@ -19,6 +19,7 @@ from service.config import load_config
 from service.errors import JobAbortedError, LockBusyError
 from service.locking import LOCK_KEY
 from service.tasks import backup
+from tests.fakes import dies_halfway, make_pg_bin
 from tests.integration import test_daemon
 from tests.integration.test_daemon import wait_for
 from tests.integration.test_notify import Receiver, failure
@@ -197,3 +198,34 @@ def test_the_daemon_refuses_a_job_already_running_and_pause_resume_move_the_gaug
     assert daemon.ctl("resume")["paused"] is False
     assert daemon.value("fac_backup_schedule_paused") == 0
     assert daemon.value("fac_backup_job_next_run_timestamp_seconds", job="daily_backup") == next_daily
+
+
+# --- prune follows a successful scheduled daily backup, and only a successful one ----------------
+
+@pytest.mark.parametrize("daily", ["succeeds", "fails"])
+def test_a_scheduled_daily_backup_is_followed_by_prune_only_when_it_succeeds(sample_db, tmp_path, daily):
+    """The daemon's scheduled fire of daily_backup: success -> prune_backups --apply runs; failure -> no prune."""
+    from prometheus_client import CollectorRegistry
+
+    from service.daemon import run_scheduled
+    from service.metrics import Metrics
+    from service.runner import Runner
+
+    if daily == "fails":
+        bin_dir = make_pg_bin(tmp_path / "bin", pg_dump=dies_halfway("public", "lookup_00", 10))
+        sample_db.extra_env["FAC_BACKUP_PG_BIN"] = str(bin_dir)
+    config = sample_db.config()
+    metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry())
+    run_scheduled(Runner(config, metrics), "daily_backup", config.settings)
+
+    def runs(job: str, outcome: str) -> float:
+        return metrics.registry.get_sample_value("fac_backup_job_runs_total", {"job": job, "outcome": outcome})
+
+    outcomes = ("success", "failure", "skipped", "aborted")
+    if daily == "succeeds":
+        assert runs("daily_backup", "success") == 1
+        assert [runs("prune_backups", o) for o in outcomes] == [1, 0, 0, 0]
+        assert metrics.registry.get_sample_value("fac_backup_prune_backups", {"decision": "keep"}) >= 1
+    else:
+        assert runs("daily_backup", "failure") == 1
+        assert [runs("prune_backups", o) for o in outcomes] == [0, 0, 0, 0]
