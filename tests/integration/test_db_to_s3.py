@@ -105,9 +105,9 @@ def test_secrets_never_reach_the_output(sample_db):
     assert not [s for s in secrets if s in done.stdout + done.stderr]
 
 
-def assert_nothing_left(box, done, *words):
+def assert_nothing_left(box, done, *words, exit_code: int = 1):
     """The failure contract: non-zero exit, no manifest, no open upload, no partial dumps, a clear message."""
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == exit_code, done.stdout + done.stderr
     backups = catalog.list_backups(box.store())
     assert not any(b.complete for b in backups)
     assert list(box.store().list_objects("backups/")) == []
@@ -163,10 +163,10 @@ def test_a_table_dropped_during_the_backup_fails_it(sample_db, tmp_path):
 
 
 def test_pg_dump_older_than_the_server_is_refused(sample_db, tmp_path):
-    """A pg_dump of an older major version stops the run before anything is written."""
+    """A pg_dump of an older major version stops the run (exit 2: install the client) before anything is written."""
     bin_dir = make_pg_bin(tmp_path / "bin", pg_dump='echo "pg_dump (PostgreSQL) 12.4"')
     done = sample_db.cli("run", "db_to_s3", env=dict(sample_db.environ, FAC_BACKUP_PG_BIN=str(bin_dir)))
-    assert_nothing_left(sample_db, done, "older than the server", "postgresql-client-15")
+    assert_nothing_left(sample_db, done, "older than the server", "postgresql-client-15", exit_code=2)
 
 
 def test_tables_of_one_backup_show_one_moment(sandbox, tmp_path, pg_server):
