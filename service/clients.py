@@ -254,3 +254,27 @@ def check_dump_client(settings, db) -> Client:
     """The pg_dump a backup of binding `db` will use; raises when none is installed."""
     major, text = probe_server(db, settings.pg_sslmode)
     return choose_dump_client(installed_clients(settings), major, text, db.name)
+
+
+def read_versions(config, log=None) -> dict[str, tuple[str, str]]:
+    """binding name -> (server version, client version or "none") for every bound database, for
+    fac_backup_database_version_info. A binding that cannot be reached is left out (and logged)."""
+    from service.errors import ServiceError
+
+    installed = installed_clients(config.settings)
+    bindings = [config.fac_db, config.snapshot_db, getattr(config, "restore_test_db", None)]
+    versions: dict[str, tuple[str, str]] = {}
+    for db in (b for b in bindings if b is not None):
+        try:
+            major, text = probe_server(db, config.settings.pg_sslmode)
+        except ServiceError as exc:
+            if log is not None:
+                log.warning("versions.unreachable", binding=db.name, error=exc.message)
+            continue
+        client = client_for_major(installed, major)
+        versions[db.name] = (text, client.version if client else "none")
+        if client is None and log is not None:
+            log.error("versions.no_client", binding=db.name, server_version=text,
+                      installed=describe_installed(installed),
+                      hint=f"install postgresql-client-{major} (apt.yml, Dockerfile) and redeploy")
+    return versions

@@ -147,7 +147,8 @@ def _read_compression(text: str, problems: list[str]) -> tuple[str, int]:
     method, _, level_text = text.partition(":") if not text.isdigit() else ("gzip", "", text)
     method = method.lower()
     if method not in COMPRESSION_LEVELS:
-        problems.append(f"{PREFIX}COMPRESSION={text!r}: the method must be gzip, lz4, zstd or none")
+        problems.append(f"{PREFIX}COMPRESSION={text}: the method must be gzip, lz4, zstd or none "
+                        "(a level alone means gzip)")
         return "gzip", 1
     low, high = COMPRESSION_LEVELS[method]
     if method == "none":
@@ -155,7 +156,7 @@ def _read_compression(text: str, problems: list[str]) -> tuple[str, int]:
     if not level_text:
         return method, {"gzip": 1, "lz4": 1, "zstd": 3}[method]
     if not level_text.isdigit() or not low <= int(level_text) <= high:
-        problems.append(f"{PREFIX}COMPRESSION={text!r}: the {method} level must be {low} to {high}")
+        problems.append(f"{PREFIX}COMPRESSION={text} is outside {low}..{high} (the {method} levels)")
         return "gzip", 1
     return method, int(level_text)
 

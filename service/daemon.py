@@ -28,7 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from service import catalog, jobs, layout
+from service import catalog, clients, jobs, layout
 from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
 from service.errors import BackupNotFoundError, IntegrityError, ServiceError
@@ -193,6 +193,9 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         def tick() -> None:
             watcher.refresh()
             metrics.set_next_runs(scheduler.next_runs())
+            observe_versions(config, metrics, log)
+
+        observe_versions(config, metrics, log)
 
         scheduler.add_interval("refresh-metrics", settings.metrics_refresh_seconds, tick)
         metrics.set_next_runs(scheduler.next_runs())
@@ -215,6 +218,14 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def observe_versions(config, metrics: Metrics, log) -> None:
+    """Each database's server version and the client serving it, into the metrics; never raises."""
+    try:
+        metrics.set_database_versions(clients.read_versions(config, log))
+    except Exception:  # noqa: BLE001 - housekeeping must never stop the daemon
+        log.exception("versions.refresh_crashed")
 
 
 def catch_up(config, scheduler: JobScheduler, watcher: CatalogWatcher, triggers, log) -> None:

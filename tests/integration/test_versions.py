@@ -10,6 +10,7 @@ Only the cases whose code depends on the versions run here; the rest of the suit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service import catalog, jobs, layout
+from service import catalog, clients, jobs, layout
 from service.config import load_config
 from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, _free_port, build_client_root, embedded_pg_bin
@@ -235,5 +236,20 @@ def test_db_restore_from_an_18_snapshot_into_a_15_fac_db_is_refused(box15, pg18_
         with box15.connect() as conn:
             assert fingerprint(conn) == before
         assert list(box15.store().list_objects(layout.BACKUPS_PREFIX)) == []
+    finally:
+        pg18_server.drop_database(snapshot)
+
+
+def test_versions_report_each_binding_and_a_server_no_client_serves(box15, pg18_server, client_root, tmp_path):
+    """fac_backup_database_version_info's source: with only the 15 client, the 18 snapshot gets "none"."""
+    snapshot = pg18_server.create_database()
+    try:
+        config = mixed_config(tmp_path, db=(box15.pg, box15.db), snapshot=(pg18_server, snapshot),
+                              backups_box=box15, root=client_root)
+        config = dataclasses.replace(config, settings=dataclasses.replace(
+            config.settings, pg_root=None, pg_bin_dir="/usr/lib/postgresql/15/bin"))
+        versions = clients.read_versions(config)
+        assert versions["fac-db"][0].startswith("15.") and versions["fac-db"][1].startswith("15.")
+        assert versions["fac-snapshot-db"][0].startswith("18.") and versions["fac-snapshot-db"][1] == "none"
     finally:
         pg18_server.drop_database(snapshot)

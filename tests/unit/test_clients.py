@@ -141,4 +141,5 @@ def test_compression_setting_accepts_a_level_or_a_method():
     assert read("lz4") == (("lz4", 1), [])
     assert read("none") == (("none", 0), [])
     assert "gzip, lz4, zstd or none" in read("brotli:3")[1][0]
-    assert "1 to 22" in read("zstd:40")[1][0]
+    assert "outside 1..22" in read("zstd:40")[1][0]
+    assert "FAC_BACKUP_COMPRESSION=11 is outside 0..9" in read("11")[1][0]
