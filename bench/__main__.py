@@ -1,11 +1,12 @@
-"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media)."""
+"""`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media,
+clients)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("backup", "snapshot", "restore", "legacy", "media")
+PARTS = ("backup", "snapshot", "restore", "legacy", "media", "clients")
 
 
 def main(argv: list[str]) -> int:

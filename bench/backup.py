@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from bench.clients import compare_clients
 from bench.common import BenchEnv, database_size, mib, open_env, print_table, ratio, run_job_child, timed
 from service.pgtools import build_table_pattern
 from service.sample_data import load_sample_database
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"progress on / off          : {ratio(t_progress_on, t_progress_off)}   ({t_progress_on:.1f} s with "
               f"step.progress every second, {t_progress_off:.1f} s with FAC_BACKUP_PROGRESS_SECONDS=0; best of "
               f"{PROGRESS_ROUNDS} alternating runs each; target: no visible change)")
+        compare_clients(env, env.db)  # the newer client on the same database, same run
         return 0
     finally:
         env.close()

@@ -83,6 +83,10 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         pg_dump, dump_version = dumper.program("pg_dump"), dumper.version
         compress, compression_spec = clients.compression_option(
             dumper, settings.compression_method, settings.compression)
+        if settings.compression_method in ("lz4", "zstd") and not compression_spec.startswith(
+                settings.compression_method):
+            log.warning("backup.compression_unsupported", wanted=settings.compression_method,
+                        used=compression_spec, pg_dump=dump_version)
         snapshot = export_snapshot(control)
         tables = tuple(list_user_tables(control))
         if not tables:
@@ -95,7 +99,8 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
         plan = BackupPlan(backup_id, snapshot, tables, grants, compress)
         started_at = catalog.now_iso(settings.timezone)
-        log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel)
+        log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel,
+                 server_version=server_text, pg_dump=dump_version, compression=compression_spec)
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
         entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump)
         control.execute("COMMIT")

@@ -110,6 +110,7 @@ def restore_from_s3(ctx) -> dict:
     programs = choose_programs(ctx, found, target)
     clients.check_dump_client(settings, target)
     ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy,
+                 pg_restore=programs.source.version, psql=programs.target.version,
                  **(ctx.confirmation or {}))
     ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=not found.legacy, load=True),
                         items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")

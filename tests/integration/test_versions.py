@@ -149,6 +149,10 @@ def test_backup_and_s3_restore_round_trip_on_18(box18):
     manifest = catalog.read_manifest(box18.store(), result.steps[-1].figures["backup_id"])
     assert manifest.server_version.startswith("18.") and manifest.pg_dump_version.startswith("18.")
     assert manifest.compression_spec == "gzip:1"
+    shown = box18.cli("show", manifest.id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"server {manifest.server_version}" in shown.stdout
+    assert f"pg_dump {manifest.pg_dump_version}" in shown.stdout and "compression gzip:1" in shown.stdout
     with box18.connect() as conn:
         conn.execute("DROP SCHEMA support CASCADE")
         conn.execute("DELETE FROM public.lookup_00")

@@ -143,3 +143,22 @@ def test_compression_setting_accepts_a_level_or_a_method():
     assert "gzip, lz4, zstd or none" in read("brotli:3")[1][0]
     assert "outside 1..22" in read("zstd:40")[1][0]
     assert "FAC_BACKUP_COMPRESSION=11 is outside 0..9" in read("11")[1][0]
+
+
+def test_compression_support_is_asked_of_the_pg_dump_build_itself(tmp_path):
+    """A build that rejects the method says so before connecting; one that accepts it fails on the
+    connection instead (both answers as pg_dump 16+ gives them); 15 is never asked."""
+    def fake(name: str, stderr: str) -> Client:
+        bin_dir = tmp_path / name
+        bin_dir.mkdir()
+        script = bin_dir / "pg_dump"
+        script.write_text(f'#!/bin/sh\necho "{stderr}" >&2\nexit 1\n')
+        script.chmod(0o755)
+        return Client(17, "17.2", str(bin_dir))
+
+    lacking = fake("lacking", "pg_dump: error: invalid compression specification: this build does not "
+                              "support compression with ZSTD")
+    having = fake("having", 'pg_dump: error: connection to server on socket "/x/.s.PGSQL.5432" failed')
+    assert clients.supports_compression(lacking, "zstd") is False
+    assert clients.supports_compression(having, "zstd") is True
+    assert clients.supports_compression(Client(15, "15.20", str(tmp_path / "having")), "zstd") is False
