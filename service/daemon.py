@@ -193,11 +193,15 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         def tick() -> None:
             watcher.refresh()
             metrics.set_next_runs(scheduler.next_runs())
-            observe_versions(config, metrics, log)
 
-        observe_versions(config, metrics, log)
-
+        # The first look in the background: an unreachable database must not delay /healthz.
+        threading.Thread(target=observe_versions, args=(config, metrics, log), name="versions",
+                         daemon=True).start()
         scheduler.add_interval("refresh-metrics", settings.metrics_refresh_seconds, tick)
+        # Apart from the catalog's tick: a database that does not answer (30 s connect timeout)
+        # must not hold up the other gauges.
+        scheduler.add_interval("refresh-versions", settings.metrics_refresh_seconds,
+                               lambda: observe_versions(config, metrics, log))
         metrics.set_next_runs(scheduler.next_runs())
         ready.set()  # /healthz says 200 from here: scheduled, gauges rebuilt, socket open
         log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
