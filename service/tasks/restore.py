@@ -158,7 +158,7 @@ def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: d
     pg_restore = programs.source.program("pg_restore")
     if found.legacy:
         plan = legacy_plan or legacy_restore.plan_restore(ctx, store, found, target)
-        return legacy_restore.load_rows(ctx, session, store, found, plan, env)
+        return legacy_restore.load_rows(ctx, session, store, found, plan, env, pg_restore=pg_restore)
     sslmode = ctx.config.settings.pg_sslmode
     grants = read_recorded_privileges(ctx, store, found)
     session.execute(build_reset_sql(list_user_schemas(target, sslmode), ctx.config.settings.restore_lock_wait_seconds))
