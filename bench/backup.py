@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from bench.clients import compare_clients
 from bench.common import BenchEnv, database_size, mib, open_env, print_table, ratio, run_job_child, timed
 from service.pgtools import build_table_pattern
 from service.sample_data import load_sample_database
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         t_plain, _ = timed(plain_dump, env, env.db)
         t_ours, rss, our_bytes = ours_with_snapshot(env, env.db, snapshot)
         small = env.new_database()
-        with env.pg.connect(small) as conn:
+        with env.pg.connect_as_owner(small) as conn:
             load_sample_database(conn, general_rows=2000, awards_per_audit=2, small_tables=40)
         _, rss_small, _ = ours_with_snapshot(env, small, snapshot)
         t_progress_off, t_progress_on = progress_cost(env, snapshot)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"progress on / off          : {ratio(t_progress_on, t_progress_off)}   ({t_progress_on:.1f} s with "
               f"step.progress every second, {t_progress_off:.1f} s with FAC_BACKUP_PROGRESS_SECONDS=0; best of "
               f"{PROGRESS_ROUNDS} alternating runs each; target: no visible change)")
+        compare_clients(env, env.db)  # the newer client on the same database, same run
         return 0
     finally:
         env.close()

@@ -47,14 +47,16 @@ class BenchEnv:
         return env
 
     def aws_env(self) -> dict:
-        """Environment for the AWS CLI (the anchor) against the moto server."""
-        return dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+        """Environment for the AWS CLI (the anchor) against the moto server, with an administrator's
+        key (the server checks every request's key)."""
+        key_id, secret = self.s3.admin_key
+        return dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret,
                     AWS_DEFAULT_REGION="us-gov-west-1")
 
     def pg_env(self, db: str) -> dict:
-        """libpq environment for the programs an anchor method runs (the AWS CLI's variables too)."""
-        return dict(self.aws_env(), PGHOST=self.pg.host, PGPORT=str(self.pg.port), PGUSER=self.pg.user,
-                    PGDATABASE=db, PGPASSWORD=self.pg.password)
+        """libpq environment for the programs an anchor method runs (the AWS CLI's variables too),
+        as the database's owner role, which is what the old tool's binding gave it."""
+        return dict(self.aws_env(), **self.pg.owner_env(db))
 
     def aws(self) -> list[str]:
         return [str(Path(sys.executable).parent / "aws"), "--endpoint-url", self.s3.endpoint_url]
@@ -78,7 +80,7 @@ def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
     # fsync and full-page writes, methods that commit often would look cheaper.
     env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
     scale = scale or DEFAULT_SCALE
-    marker = repr(sorted(scale.items()))
+    marker = repr(sorted(scale.items())) + " owned by its role"
     with env.pg.connect() as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone()
     if exists and not rebuild:
@@ -86,11 +88,12 @@ def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
             row = conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()
             found = row[0] and conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0]
         if found == marker:
+            env.pg.adopt_database(BENCH_DB)  # its role gets a new password for this run
             return env
     print(f"bench: building {BENCH_DB} ({marker}) ...", file=sys.stderr)
     env.pg.drop_database(BENCH_DB)
     env.pg.create_database(BENCH_DB)
-    with env.pg.connect(BENCH_DB) as conn:
+    with env.pg.connect_as_owner(BENCH_DB) as conn:  # the data belongs to the binding's role, as on RDS
         load_sample_database(conn, **scale)
         conn.execute("CREATE TABLE public.bench_marker (scale text)")
         conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))

@@ -42,7 +42,8 @@ FOLDERS = ("singleaudit", "excel", "pdf/2024", "pdf/2025", "workbooks/federal aw
 
 
 def _binding(s3: LocalS3, bucket: str, *reachable: str) -> BucketBinding:
-    return BucketBinding("bench", bucket, "us-gov-west-1", s3.endpoint_url, "testing", "testing", reachable)
+    key_id, secret = s3.bucket_key((bucket, *reachable))  # the server checks each binding's rights
+    return BucketBinding("bench", bucket, "us-gov-west-1", s3.endpoint_url, key_id, secret, reachable)
 
 
 def make_objects(count: int, seed: int = SEED) -> dict[str, int]:
@@ -71,13 +72,14 @@ def start_s3_server() -> tuple[subprocess.Popen, LocalS3]:
     """LocalS3 in a child process, so that neither client shares the server's interpreter
     (the AWS CLI is a process of its own; ours would otherwise compete with moto for one GIL)."""
     code = ("import sys; from service.sandbox import LocalS3; s = LocalS3().start(); "
-            "print(s.endpoint_url, flush=True); sys.stdin.read(); s.stop()")
+            "print(s.endpoint_url, *s.admin_key, flush=True); sys.stdin.read(); s.stop()")
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, cwd=Path(__file__).resolve().parent.parent)
     s3 = LocalS3()
-    s3.endpoint_url = child.stdout.readline().strip()
-    if not s3.endpoint_url:
+    line = child.stdout.readline().split()
+    if len(line) != 3:
         raise RuntimeError("the moto server did not start")
+    s3.endpoint_url, s3.admin_key = line[0], (line[1], line[2])
     return child, s3
 
 
@@ -85,7 +87,8 @@ def time_aws(s3: LocalS3, src: str, dst: str) -> float:
     """Seconds of one `aws s3 sync` (a child process, credentials in its environment)."""
     aws = str(Path(sys.executable).parent / "aws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-gov-west-1")
+    env.update(AWS_ACCESS_KEY_ID=s3.admin_key[0], AWS_SECRET_ACCESS_KEY=s3.admin_key[1],
+               AWS_DEFAULT_REGION="us-gov-west-1")
     seconds = run_child([aws, "--endpoint-url", s3.endpoint_url, "s3", "sync", "--only-show-errors",
                             f"s3://{src}", f"s3://{dst}"], env)
     return seconds

@@ -47,6 +47,7 @@ class Manifest:
     # before privileges were kept (they restore without grants, with a warning)
     privileges: dict = field(default_factory=dict)
     compression: int = 1
+    compression_spec: str = ""  # what pg_dump used: "gzip:1", "zstd:3", "lz4:1" or "none" (older: gzip level)
     format_version: int = FORMAT_VERSION
     # A pre-restore backup names the restore it was taken before: space, binding, confirmation
     # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.

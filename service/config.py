@@ -30,7 +30,9 @@ class Settings:
     timezone: ZoneInfo
     parallel: int = 2
     compression: int = 1
+    compression_method: str = "gzip"  # gzip, lz4, zstd (pg_dump 16+ builds that have them) or none
     pg_bin_dir: str | None = None
+    pg_root: str | None = None  # <root>/<major>/bin hold the installed clients (default /usr/lib/postgresql)
     pg_sslmode: str = "prefer"
     table_manifest: Path = DEFAULT_TABLE_MANIFEST
     control_socket: Path = Path("/tmp/fac-backup.sock")
@@ -43,6 +45,7 @@ class Settings:
     lock_wait_seconds: float = 3600.0
     snapshot_max_age_hours: float = 48.0
     dump_lock_wait_seconds: int = 600
+    restore_lock_wait_seconds: int = 300  # a restore waiting longer for a lock on fac-db gives up, changing nothing
     min_part_size: int = 8 * 1024 * 1024
     log_format: str = "auto"
     sync_concurrency: int = 16  # objects copied at once by the media sync
@@ -134,6 +137,30 @@ def _read_timezone(reader: _Reader) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+COMPRESSION_LEVELS = {"gzip": (0, 9), "lz4": (1, 12), "zstd": (1, 22), "none": (0, 0)}
+
+
+def _read_compression(text: str, problems: list[str]) -> tuple[str, int]:
+    """FAC_BACKUP_COMPRESSION: a gzip level (`1`), `METHOD` or `METHOD:LEVEL` (gzip, lz4, zstd), or `none`."""
+    if not text:
+        return "gzip", 1
+    method, _, level_text = text.partition(":") if not text.isdigit() else ("gzip", "", text)
+    method = method.lower()
+    if method not in COMPRESSION_LEVELS:
+        problems.append(f"{PREFIX}COMPRESSION={text}: the method must be gzip, lz4, zstd or none "
+                        "(a level alone means gzip)")
+        return "gzip", 1
+    low, high = COMPRESSION_LEVELS[method]
+    if method == "none":
+        return "none", 0
+    if not level_text:
+        return method, {"gzip": 1, "lz4": 1, "zstd": 3}[method]
+    if not level_text.isdigit() or not low <= int(level_text) <= high:
+        problems.append(f"{PREFIX}COMPRESSION={text} is outside {low}..{high} (the {method} levels)")
+        return "gzip", 1
+    return method, int(level_text)
+
+
 def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
     """Read FAC_BACKUP_* settings; append every problem to `problems`."""
     r = _Reader(environ, problems)
@@ -147,11 +174,17 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
     pg_bin = r.raw("PG_BIN")
     if pg_bin and not Path(pg_bin).is_dir():
         problems.append(f"{PREFIX}PG_BIN={pg_bin!r} is not a directory")
+    pg_root = r.raw("PG_ROOT")
+    if pg_root and not Path(pg_root).is_dir():
+        problems.append(f"{PREFIX}PG_ROOT={pg_root!r} is not a directory")
+    method, level = _read_compression(environ.get(f"{PREFIX}COMPRESSION", "").strip(), problems)
     return Settings(
         timezone=_read_timezone(r),
         parallel=r.integer("PARALLEL", min(4, os.cpu_count() or 1), 1, 32),
-        compression=r.integer("COMPRESSION", 1, 0, 9),
+        compression=level,
+        compression_method=method,
         pg_bin_dir=pg_bin,
+        pg_root=pg_root,
         pg_sslmode=r.choice("PGSSLMODE", "prefer", SSL_MODES),
         table_manifest=Path(r.text("TABLE_MANIFEST", str(DEFAULT_TABLE_MANIFEST))),
         control_socket=Path(r.text("CONTROL_SOCKET", "/tmp/fac-backup.sock")),
@@ -164,6 +197,7 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         lock_wait_seconds=r.number("LOCK_WAIT_SECONDS", 3600.0, 0.0),
         snapshot_max_age_hours=r.number("SNAPSHOT_MAX_AGE_HOURS", 48.0, 0.0),
         dump_lock_wait_seconds=r.integer("DUMP_LOCK_WAIT_SECONDS", 600, 1, 86400),
+        restore_lock_wait_seconds=r.integer("RESTORE_LOCK_WAIT_SECONDS", 300, 1, 86400),
         min_part_size=r.integer("MIN_PART_MIB", 8, 5, 5120) * 1024 * 1024,
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "console")),
         sync_concurrency=r.integer("SYNC_CONCURRENCY", 16, 1, 64),

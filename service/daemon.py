@@ -28,7 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from service import catalog, jobs, layout
+from service import catalog, clients, jobs, layout
 from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
 from service.errors import BackupNotFoundError, IntegrityError, ServiceError
@@ -140,6 +140,15 @@ class MetricsServer:
         self.server.server_close()
 
 
+def run_scheduled(runner: Runner, job: str, settings) -> None:
+    """One scheduled fire: the job, then the run its outcome calls for (scheduler.follow_up:
+    prune_backups --apply after a successful daily_backup, nothing after a failed one)."""
+    result = runner.run(job, trigger="scheduler")
+    chained = follow_up(job, result.outcome if result is not None else "", settings)
+    if chained is not None:
+        runner.run(chained[0], options=chained[1], trigger="scheduler")
+
+
 def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     """Run until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
     log = get_logger(component="daemon")
@@ -153,10 +162,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
 
     def fire(job: str) -> None:
         metrics.set_next_runs(scheduler.next_runs())
-        result = runner.run(job, trigger="scheduler")
-        chained = follow_up(job, result.outcome if result is not None else "", settings)
-        if chained is not None:
-            runner.run(chained[0], options=chained[1], trigger="scheduler")
+        run_scheduled(runner, job, settings)
 
     scheduler = JobScheduler(settings.timezone, fire, runner.record_skip)
     for job, trigger in triggers.items():
@@ -188,7 +194,14 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
             watcher.refresh()
             metrics.set_next_runs(scheduler.next_runs())
 
+        # The first look in the background: an unreachable database must not delay /healthz.
+        threading.Thread(target=observe_versions, args=(config, metrics, log), name="versions",
+                         daemon=True).start()
         scheduler.add_interval("refresh-metrics", settings.metrics_refresh_seconds, tick)
+        # Apart from the catalog's tick: a database that does not answer (30 s connect timeout)
+        # must not hold up the other gauges.
+        scheduler.add_interval("refresh-versions", settings.metrics_refresh_seconds,
+                               lambda: observe_versions(config, metrics, log))
         metrics.set_next_runs(scheduler.next_runs())
         ready.set()  # /healthz says 200 from here: scheduled, gauges rebuilt, socket open
         log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
@@ -209,6 +222,14 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def observe_versions(config, metrics: Metrics, log) -> None:
+    """Each database's server version and the client serving it, into the metrics; never raises."""
+    try:
+        metrics.set_database_versions(clients.read_versions(config, log))
+    except Exception:  # noqa: BLE001 - housekeeping must never stop the daemon
+        log.exception("versions.refresh_crashed")
 
 
 def catch_up(config, scheduler: JobScheduler, watcher: CatalogWatcher, triggers, log) -> None:

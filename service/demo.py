@@ -27,11 +27,12 @@ def run_demo(*, daemon: bool = False, rows: int = 5000) -> int:
     db = snapshot = None
     try:
         db, snapshot = pg.create_database(), pg.create_database()
-        with pg.connect(db) as conn:
-            ensure_role(conn, DEMO_API_ROLE)
+        with pg.connect(db) as admin:  # roles belong to the cluster: the superuser creates them
+            ensure_role(admin, DEMO_API_ROLE)
+        with pg.connect_as_owner(db) as conn:  # the data belongs to the binding's role, as on RDS
             load_sample_database(conn, general_rows=rows, api_role=DEMO_API_ROLE)
         media, backups = s3.create_bucket("fac-private-s3-demo"), s3.create_bucket("fac-backups-demo")
-        client = s3.client()
+        client = s3.client_for(media)  # the application writes with its own binding's keys
         for n in range(20):
             client.put_object(Bucket=media, Key=f"singleauditreport/2024/report-{n:03d}.pdf", Body=os.urandom(2048))
         with tempfile.TemporaryDirectory(prefix="fac-backup-demo-") as tmp:

@@ -53,6 +53,16 @@ class SafetyError(ServiceError):
     exit_code = 3
 
 
+class VersionRefusedError(SafetyError):
+    """The servers' versions make an exact result impossible (a target older than its source)."""
+
+
+class ClientMissingError(ServiceError):
+    """No installed PostgreSQL client serves a server's major version; nothing was started."""
+
+    exit_code = 2
+
+
 class LockBusyError(ServiceError):
     """Another run holds the service lock and did not release it in time."""
 

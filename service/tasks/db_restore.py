@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 
+from service import clients
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import SafetyError
 from service.refresh_record import read_refresh_record
@@ -64,6 +65,10 @@ def restore_from_snapshot(ctx) -> dict:
     started = time.monotonic()
     source = ctx.config.snapshot_db.name
     ctx.log.info("restore.started", source=source, target=ctx.config.fac_db.name, **(ctx.confirmation or {}))
+    # Both ends before anything: a fac-db older than the snapshot is refused, and the
+    # pre-restore backup needs a pg_dump of fac-db's major.
+    clients.plan_copy(ctx.config.settings, ctx.config.snapshot_db, ctx.config.fac_db, what="restore")
+    clients.check_dump_client(ctx.config.settings, ctx.config.fac_db)
     seen = check_snapshot(ctx)
     ctx.scope.check()
     pre_restore = take_pre_restore_backup(ctx, source)

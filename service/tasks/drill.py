@@ -21,11 +21,11 @@ import os
 import time
 from datetime import datetime
 
-from service import catalog, layout, progress
+from service import catalog, clients, layout, progress
 from service.errors import BackupNotFoundError, RestoreError, SafetyError
 from service.finder import FoundBackup, find_backup
 from service.loader import Session
-from service.pgtools import INHERITED_ENV, build_pg_env, build_program_path, build_psql_command
+from service.pgtools import INHERITED_ENV, build_pg_env, build_psql_command
 from service.storage import ObjectStore
 from service.tasks import restore
 from service.verify import verify_backup
@@ -69,9 +69,10 @@ def rehearse_restore(ctx, store: ObjectStore, found: FoundBackup) -> int:
             raise SafetyError(f"the drill's scratch binding {scratch.name} points at {protected.name}; refused",
                               hint="bind a database of its own (FAC_BACKUP_RESTORE_TEST_DB_SERVICE)")
     env = build_pg_env(scratch, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
-    psql = build_psql_command(build_program_path(settings.pg_bin_dir, "psql"), single_transaction=False)
+    programs = restore.choose_programs(ctx, found, scratch)
+    psql = build_psql_command(programs.target.program("psql"), single_transaction=False)
     with Session(psql, env, scope=ctx.scope, target=scratch.name) as session:
-        tables = restore.load_backup(ctx, session, store, found, scratch, env)
+        tables = restore.load_backup(ctx, session, store, found, scratch, env, programs=programs)
         ctx.scope.check()
         roll_back(session)
     return tables
@@ -106,7 +107,9 @@ def verify_backup_step(ctx) -> dict:
                         items=tables if rehearse else None)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}  # `--list` needs no server
     figures = verify_backup(store, found, parallel=settings.parallel,
-                            pg_restore=build_program_path(settings.pg_bin_dir, "pg_restore"),
+                            pg_restore=clients.choose_reader(
+                                clients.installed_clients(settings),
+                                found.manifest.pg_dump_version if found.manifest else None).program("pg_restore"),
                             env=env, scope=ctx.scope)
     ctx.log.info("drill.verified", backup_id=found.id, objects=figures["objects"], bytes=figures["bytes"])
     figures["restored_tables"] = 0

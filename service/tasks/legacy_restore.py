@@ -31,7 +31,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from service import legacy
+from service import clients, legacy
 from service.commands import RunningCommand
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import (
@@ -44,8 +44,14 @@ from service.errors import (
     ServiceError,
 )
 from service.finder import FoundBackup, LegacyTable
-from service.loader import LOCK_TIMEOUT, Session, load_archive, quote_ident, quote_literal
-from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path
+from service.loader import (
+    DEFAULT_LOCK_WAIT_SECONDS,
+    Session,
+    build_lock_timeout_sql,
+    load_archive,
+    quote_ident,
+)
+from service.pgtools import build_pg_env, build_pg_restore_command
 from service.streams import ObjectReader
 
 APPLICATION_NAME = "fac-backup-restore"
@@ -148,7 +154,7 @@ def plan_restore(ctx, store, found: FoundBackup, target) -> LegacyPlan:
     """Check that `found`'s rows can replace `target`'s and decide how; SafetyError (or
     IntegrityError for an unreadable dump) naming every problem. Touches nothing."""
     settings = ctx.config.settings
-    pg_restore = build_program_path(settings.pg_bin_dir, "pg_restore")
+    pg_restore = clients.check_dump_client(settings, target).program("pg_restore")  # the target's major
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     named = {f"{quote_ident(t.schema)}.{quote_ident(t.table)}": t for t in found.legacy_tables}
     with connect(target, sslmode=settings.pg_sslmode, autocommit=True) as conn, \
@@ -238,11 +244,11 @@ def plan_restore(ctx, store, found: FoundBackup, target) -> LegacyPlan:
                       tuple(outside_keys), tuple(dict.fromkeys(restart)))
 
 
-def build_prepare_sql(plan: LegacyPlan) -> str:
+def build_prepare_sql(plan: LegacyPlan, lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS) -> str:
     """Lock, defer, make the sequences transactional, switch the user triggers off, empty: the
     statements before the rows load."""
     names = [name for name, _ in plan.tables]
-    lines = [f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)};",
+    lines = [build_lock_timeout_sql(lock_wait_seconds).rstrip("\n"),
              f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE;",
              "SET CONSTRAINTS ALL DEFERRED;"]
     # setval is not undone by a rollback, but a sequence altered in this transaction gets new storage,
@@ -263,13 +269,14 @@ def build_finish_sql(plan: LegacyPlan) -> str:
     return "\n".join(["SET CONSTRAINTS ALL IMMEDIATE;", *lines]) + "\n"
 
 
-def load_rows(ctx, session: Session, store, found: FoundBackup, plan: LegacyPlan, env: dict) -> int:
-    """Replace the rows of `plan`'s tables inside `session`'s transaction; never commits."""
-    pg_restore = build_program_path(ctx.config.settings.pg_bin_dir, "pg_restore")
+def load_rows(ctx, session: Session, store, found: FoundBackup, plan: LegacyPlan, env: dict, *,
+              pg_restore: str) -> int:
+    """Replace the rows of `plan`'s tables inside `session`'s transaction; never commits.
+    `pg_restore` is the program service.clients chose for the target."""
     argv = build_pg_restore_command(pg_restore, extra=("--data-only", "-f", "-"))
     ctx.log.info("restore.legacy_plan", backup_id=found.id, truncated=len(plan.truncate), deleted=len(plan.delete),
                  triggers_off=len(plan.triggers), outside_foreign_keys=list(plan.outside_keys))
-    session.execute(build_prepare_sql(plan))
+    session.execute(build_prepare_sql(plan, ctx.config.settings.restore_lock_wait_seconds))
     # The next dump downloads while the current one loads (one reader ahead, bounded queues).
     readers = [ObjectReader(store, table.key) for _, table in plan.tables]
     try:

@@ -27,7 +27,7 @@ import hashlib
 import tempfile
 import time
 
-from service import kinds, layout, privileges, progress
+from service import clients, kinds, layout, privileges, progress
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import IntegrityError, JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup
@@ -38,7 +38,7 @@ from service.loader import (
     load_archive,
     quote_ident,
 )
-from service.pgtools import build_pg_env, build_pg_restore_command, build_program_path, build_psql_command
+from service.pgtools import build_pg_env, build_pg_restore_command, build_psql_command
 from service.streams import ObjectReader
 from service.tasks import legacy_restore
 from service.tasks.backup import backup_database
@@ -76,11 +76,24 @@ def take_pre_restore_backup(ctx, source: str = "") -> str | None:
     return figures["backup_id"]
 
 
-def open_target_session(ctx) -> Session:
+def choose_programs(ctx, found: FoundBackup, target) -> clients.CopyClients:
+    """pg_restore and psql for restoring `found` into binding `target`, from both ends' versions
+    (the backup's manifest, the target server); refuses a target older than the backup's source."""
+    settings = ctx.config.settings
+    manifest = found.manifest
+    return clients.choose_restore_clients(
+        clients.installed_clients(settings),
+        dumped_by=manifest.pg_dump_version if manifest else None,
+        source_server=manifest.server_version if manifest else None,
+        target=clients.probe_server(target, settings.pg_sslmode), backup_id=found.id, target_name=target.name)
+
+
+def open_target_session(ctx, programs: clients.CopyClients | None = None) -> Session:
     """psql on fac-db, in one explicit transaction, under a recognisable application_name."""
     settings, target = ctx.config.settings, ctx.config.fac_db
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
-    argv = build_psql_command(build_program_path(settings.pg_bin_dir, "psql"), single_transaction=False)
+    psql = programs.target.program("psql") if programs else clients.check_dump_client(settings, target).program("psql")
+    argv = build_psql_command(psql, single_transaction=False)
     return Session(argv, env, scope=ctx.scope, target=target.name)
 
 
@@ -93,7 +106,11 @@ def restore_from_s3(ctx) -> dict:
     found = find_backup(store, ctx.args[0])
     if len(found.matched) > 1:
         ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
+    # Both ends before anything: the restore's programs, and the pre-restore backup's pg_dump.
+    programs = choose_programs(ctx, found, target)
+    clients.check_dump_client(settings, target)
     ctx.log.info("restore.started", backup_id=found.id, target=target.name, legacy=found.legacy,
+                 pg_restore=programs.source.version, psql=programs.target.version,
                  **(ctx.confirmation or {}))
     ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=not found.legacy, load=True),
                         items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")
@@ -111,8 +128,9 @@ def restore_from_s3(ctx) -> dict:
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     loaded: dict = {}
-    with open_target_session(ctx) as session:
-        tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan, figures=loaded)
+    with open_target_session(ctx, programs) as session:
+        tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan, figures=loaded,
+                             programs=programs)
         ctx.scope.check()
         session.commit()
     ctx.restored = found
@@ -125,7 +143,8 @@ def restore_from_s3(ctx) -> dict:
 
 
 def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: dict, *,
-                legacy_plan: legacy_restore.LegacyPlan | None = None, figures: dict | None = None) -> int:
+                legacy_plan: legacy_restore.LegacyPlan | None = None, figures: dict | None = None,
+                programs: clients.CopyClients | None = None) -> int:
     """Replace `target`'s contents with `found` inside `session`'s open transaction; return the
     tables loaded (and add the privileges' figures to `figures`). Never commits: the caller
     commits (s3_restore) or rolls back (the restore drill).
@@ -136,13 +155,14 @@ def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: d
     dumps only) keeps the target's definitions and replaces the rows of the tables it holds
     (service.tasks.legacy_restore; `legacy_plan` when the caller already checked it).
     """
-    pg_restore = build_program_path(ctx.config.settings.pg_bin_dir, "pg_restore")
+    programs = programs or choose_programs(ctx, found, target)
+    pg_restore = programs.source.program("pg_restore")
     if found.legacy:
         plan = legacy_plan or legacy_restore.plan_restore(ctx, store, found, target)
-        return legacy_restore.load_rows(ctx, session, store, found, plan, env)
+        return legacy_restore.load_rows(ctx, session, store, found, plan, env, pg_restore=pg_restore)
     sslmode = ctx.config.settings.pg_sslmode
     grants = read_recorded_privileges(ctx, store, found)
-    session.execute(build_reset_sql(list_user_schemas(target, sslmode)))
+    session.execute(build_reset_sql(list_user_schemas(target, sslmode), ctx.config.settings.restore_lock_wait_seconds))
     if grants is not None:
         session.execute(privileges.build_clear_defaults_sql())
     tables = _load_complete(ctx, session, store, found, pg_restore, env)

@@ -32,14 +32,13 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from service import copier, privileges
+from service import clients, copier, privileges
 from service.commands import RunningCommand, run_command
-from service.database import connect, export_snapshot, list_user_tables, server_version, translated_errors
+from service.database import connect, export_snapshot, list_user_tables, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.log import scrub
-from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command, build_program_path
+from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command
 from service.refresh_record import RefreshRecord, write_refresh_record
-from service.tasks.backup import check_pg_dump_version
 from service.vcap import DatabaseBinding
 
 APPLICATION_NAME = "fac-backup-db_to_db"
@@ -60,6 +59,7 @@ class SourcePlan:
     pre_data: str
     post_data: str
     privileges: dict
+    psql: str = "psql"  # reads the source (service.clients: the source's major)
 
 
 def copy_database(ctx) -> dict:
@@ -85,16 +85,14 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
     """
     _refuse_unsafe_target(ctx, source, target, allow_live_target)
     settings, log = ctx.config.settings, ctx.log
+    programs = clients.plan_copy(settings, source, target)  # both ends, before anything is touched
     env = build_pg_env(source, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     env["PGCLIENTENCODING"] = "UTF8"  # text in binary COPY travels in the client encoding
     started = time.monotonic()
-    log.info("db_to_db.started", source=source.name, target=target.name)
+    log.info("db_to_db.started", source=source.name, target=target.name, client=programs.source.version)
     with connect(source, sslmode=settings.pg_sslmode, autocommit=True) as control:
-        pg_dump = build_program_path(settings.pg_bin_dir, "pg_dump")
-        pg_restore = build_program_path(settings.pg_bin_dir, "pg_restore")
         with _stage(ctx, f"reading the source {source.name}"):
-            check_pg_dump_version(pg_dump, env, server_version(control)[0])
-            plan = _read_plan(ctx, control, env, pg_dump, pg_restore)
+            plan = _read_plan(ctx, control, env, programs.source)
             # Binary COPY moves about the heap and TOAST size: the catalog's estimate, no lock taken.
             ctx.progress.expect(bytes=sum(t.total_bytes for t in list_user_tables(control)),
                                 items=len(plan.tables), unit="tables")
@@ -127,8 +125,9 @@ def _refuse_unsafe_target(ctx, source, target, allow_live_target: bool) -> None:
             hint="only a confirmed restore may write into the live database")
 
 
-def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_restore: str) -> SourcePlan:
+def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Client) -> SourcePlan:
     """Export the snapshot and read everything the copy needs from it, DDL included."""
+    pg_dump, pg_restore = client.program("pg_dump"), client.program("pg_restore")
     snapshot = export_snapshot(control)
     with translated_errors("reading the source's tables and sequences"):
         taken_at = control.execute("SELECT now()").fetchone()[0]
@@ -145,7 +144,7 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, pg_dump: str, pg_res
         argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
         ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
     return SourcePlan(snapshot, taken_at, tuple(tables), tuple(sequences), tuple(matviews),
-                      ddl["pre-data"], ddl["post-data"], grants)
+                      ddl["pre-data"], ddl["post-data"], grants, client.program("psql"))
 
 
 class _Counter:
@@ -187,7 +186,7 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
                     record: RefreshRecord | None) -> dict:
     """The one transaction on the target; commits only when everything checked out."""
     settings = ctx.config.settings
-    psql = build_program_path(settings.pg_bin_dir, "psql")
+    psql = plan.psql
     conn = connect(target, sslmode=settings.pg_sslmode, autocommit=False)
     # A cancel interrupts whatever the target is doing; the rollback below undoes it.
     token = ctx.scope.add_cleanup(conn.cancel_safe)
@@ -196,6 +195,10 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
     try:
         with _stage(ctx, f"clearing the user schemas of {target.name}"):
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
+            # Sessions of the application (or anyone reading the snapshot) may hold locks the DROP
+            # needs: give up after the restore's lock wait rather than queue everyone behind us.
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{int(settings.restore_lock_wait_seconds)}s")))
             dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
             if dropped:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(

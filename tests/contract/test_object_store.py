@@ -52,8 +52,9 @@ class S3Factory:
 
     def new(self, *reachable: str, bucket: str | None = None) -> S3ObjectStore:
         name = bucket or self.server.create_bucket()
+        key_id, secret = self.server.bucket_key((name, *reachable))  # rights on these buckets only
         return S3ObjectStore(BucketBinding("test", name, "us-gov-west-1", self.server.endpoint_url,
-                                           "testing", "testing", tuple(reachable)))
+                                           key_id, secret, tuple(reachable)))
 
     def open_uploads(self, store) -> list:
         return self.server.client().list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])

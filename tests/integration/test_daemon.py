@@ -165,6 +165,14 @@ def test_daemon_is_healthy_within_seconds_and_exports_the_metric_contract(sandbo
     assert datetime.fromtimestamp(next_runs["scheduled_backup"]).year >= datetime.now().year
     for _name, labels in samples:
         assert "backup_id" not in dict(labels)
+    with sandbox.connect() as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+    version_series = wait_for(lambda: {dict(labels)["binding"]: dict(labels) for (name, labels) in daemon.samples()
+                                       if name == "fac_backup_database_version_info"} or None,
+                              15, "fac_backup_database_version_info")
+    assert set(version_series) == {"fac-db", "fac-snapshot-db"}
+    assert version_series["fac-db"]["server_version"] == server
+    assert version_series["fac-db"]["client_version"].split(".")[0] == server.split(".")[0]
     assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(5)

@@ -23,6 +23,8 @@ from service.log import get_logger
 from service.tasks.snapshot import APPLICATION_NAME, copy_database_between
 from tests.fingerprint import assert_same_database, fingerprint
 
+pytestmark = pytest.mark.integration
+
 
 def snapshot_print(box) -> dict:
     with box.connect("snapshot_db") as conn:

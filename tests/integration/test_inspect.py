@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from service import layout
 from tests.integration.test_restore import database_state_tables, take_backup
+
+pytestmark = pytest.mark.integration
 
 
 def test_list_shows_complete_and_incomplete_backups(sample_db):

@@ -32,8 +32,10 @@ SHAPES = {  # how the old tool named its backups over the years (REFERENCE secti
 }
 API_ROLE = "api_fac_gov"
 
+# Roles belong to the cluster: the superuser creates them (the binding's role may not), as the
+# platform does for FAC's API roles.
+API_ROLE_SQL = f"DO $$ BEGIN CREATE ROLE {API_ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
 FAC_SCHEMA = f"""
-DO $$ BEGIN CREATE ROLE {API_ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 CREATE TYPE public.audit_status AS ENUM ('in_progress', 'submitted', 'disseminated');
 CREATE TABLE public.auth_user (id serial PRIMARY KEY, username varchar(150) NOT NULL UNIQUE, email text);
 CREATE TABLE public.audit_audit (
@@ -199,6 +201,8 @@ def add_outside_table(conn) -> None:
 @pytest.fixture
 def fac_db(sandbox):
     """The sandbox with a FAC-shaped fac-db."""
+    with sandbox.admin() as admin:
+        admin.execute(API_ROLE_SQL)
     with sandbox.connect() as conn:
         load_fac_schema(conn)
     return sandbox

@@ -7,16 +7,21 @@ exactly as it was.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
 import time
+
+import pytest
 
 from service import catalog, layout
 from service.finder import find_backup
 from service.sandbox import find_pg_program
 from service.tasks import restore
 from tests.fingerprint import fingerprint
+
+pytestmark = pytest.mark.integration
 
 CONFIRM = {"confirm": "fac-db"}
 ODD = '"Odd Name ""quoted"" é"'
@@ -247,7 +252,8 @@ def write_legacy_backup(box, prefix: str) -> None:
     for (table,) in tables:
         pattern = '"public"."{}"'.format(table.replace('"', '""'))
         dump = subprocess.run(["pg_dump", "-Fc", "-t", pattern, "-h", db.host, "-p", str(db.port),
-                               "-U", db.username, db.dbname], check=True, capture_output=True).stdout
+                               "-U", db.username, db.dbname], check=True, capture_output=True,
+                              env=dict(os.environ, PGPASSWORD=db.password)).stdout
         box.store().put_bytes(f"{prefix}public-{table}.dump", dump)
 
 

@@ -29,6 +29,7 @@ def exported_samples() -> tuple[set[str], dict[str, set[str]]]:
     manifest = Manifest("scheduled-01-02-08", "scheduled_backup", "2026-01-02T08:00:00-08:00",
                         "2026-01-02T08:10:00-08:00", "15.4", "15.4", "fac", ())
     metrics.observe_backups([BackupSummary(manifest.id, True, manifest=manifest)], 0.0)
+    metrics.set_database_versions({"fac-db": ("15.20", "15.20")})
     names: set[str] = set()
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():

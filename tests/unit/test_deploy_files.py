@@ -53,7 +53,8 @@ def test_manifest_health_check_route_bindings_and_settings():
     assert env["FAC_BACKUP_SCHEDULED_CRON"] == "0 6-18/2 * * *"
     assert "FAC_BACKUP_DAILY_CRON" in env
     assert all(k.startswith("FAC_BACKUP_") for k in env)
-    assert "postgresql/15/bin" in env["FAC_BACKUP_PG_BIN"]
+    assert "FAC_BACKUP_PG_BIN" not in env  # it would pin one major
+    assert env["FAC_BACKUP_PG_ROOT"].endswith("/apt/usr/lib/postgresql")
 
 
 def test_manifest_settings_are_accepted_by_the_service():
@@ -62,17 +63,17 @@ def test_manifest_settings_are_accepted_by_the_service():
     from service.scheduler import parse_schedules
 
     env = {k: str(v) for k, v in manifest_app()["env"].items()}
-    env.pop("FAC_BACKUP_PG_BIN")  # a directory that exists only on cloud.gov
+    env.pop("FAC_BACKUP_PG_ROOT")  # a directory that exists only on cloud.gov
     problems: list[str] = []
     settings = load_settings(env, problems)
     assert problems == []
     assert set(parse_schedules(settings)) >= {"scheduled_backup", "daily_backup"}
 
 
-def test_apt_yml_installs_the_server_major_client():
-    """apt.yml installs postgresql-client-15 from the PostgreSQL repository (with its key)."""
+def test_apt_yml_installs_a_client_for_every_major_cloud_gov_offers():
+    """apt.yml installs postgresql-client-15 to -18 from the PostgreSQL repository (with its key)."""
     apt = yaml.safe_load((REPO / "apt.yml").read_text())
-    assert apt["packages"] == ["postgresql-client-15"]
+    assert apt["packages"] == [f"postgresql-client-{major}" for major in (15, 16, 17, 18)]
     assert any("apt.postgresql.org" in repo for repo in apt["repos"])
     assert apt["keys"]
 
@@ -85,18 +86,18 @@ def test_procfile_execs_the_daemon_so_sigterm_reaches_it():
 
 
 def test_dockerfile_has_the_required_instructions():
-    """Slim Python 3.11 base, postgresql-client-15, a non-root user, exec-form entry point."""
+    """Slim Python 3.11 base, postgresql-client-15 to -18 from PGDG, a non-root user, exec-form entry point."""
     instructions = dockerfile_instructions()
     keywords = [k for k, _ in instructions]
     args = dict(reversed(instructions))  # first occurrence of each
     assert keywords[0] == "FROM" and args["FROM"].startswith("python:3.11-slim")
-    assert any(k == "RUN" and "postgresql-client-15" in a and "--no-install-recommends" in a
-               for k, a in instructions)
+    assert any(k == "RUN" and all(f"postgresql-client-{m}" in a for m in (15, 16, 17, 18))
+               and "--no-install-recommends" in a and "apt.postgresql.org" in a for k, a in instructions)
     assert any(k == "RUN" and "useradd" in a for k, a in instructions)
     user = [a for k, a in instructions if k == "USER"]
     assert user and user[-1] not in ("root", "0")
     assert keywords.index("USER") > max(i for i, (k, _) in enumerate(instructions) if k == "RUN")
-    assert "FAC_BACKUP_PG_BIN=/usr/lib/postgresql/15/bin" in args["ENV"]
+    assert "FAC_BACKUP_PG_ROOT=/usr/lib/postgresql" in args["ENV"] and "FAC_BACKUP_PG_BIN" not in args["ENV"]
     for k, a in instructions:
         if k in ("ENTRYPOINT", "CMD"):
             assert a.startswith("["), f"{k} must use the exec form so signals reach Python"

@@ -83,3 +83,14 @@ def test_media_sync_copies_and_next_runs():
     assert value(metrics, "fac_backup_media_sync_objects_copied") == 12
     metrics.set_next_runs({"daily_backup": None})
     assert value(metrics, "fac_backup_job_next_run_timestamp_seconds", job="daily_backup") == 0
+
+
+def test_database_versions_follow_each_binding_and_drop_the_old_series():
+    """One info series per binding; an upgraded server replaces its series; "none" marks no client."""
+    metrics = make_metrics()
+    metrics.set_database_versions({"fac-db": ("15.20", "15.20"), "fac-snapshot-db": ("15.20", "15.20")})
+    metrics.set_database_versions({"fac-snapshot-db": ("18.3", "none")})
+    info = "fac_backup_database_version_info"
+    assert value(metrics, info, binding="fac-db", server_version="15.20", client_version="15.20") == 1
+    assert value(metrics, info, binding="fac-snapshot-db", server_version="18.3", client_version="none") == 1
+    assert value(metrics, info, binding="fac-snapshot-db", server_version="15.20", client_version="15.20") is None
