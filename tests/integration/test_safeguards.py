@@ -59,22 +59,28 @@ class LockHolder:
         self.conn.close()
 
 
-@pytest.mark.parametrize("job", ["s3_restore", "db_restore"])
-def test_restore_gives_up_on_a_held_lock_after_the_configured_wait(sample_db, job):
-    """A session holding a lock on fac-db: the restore waits FAC_BACKUP_RESTORE_LOCK_WAIT_SECONDS,
-    then fails naming the lock timeout, and fac-db is unchanged."""
-    box = sample_db
+def prepare_restore(box, job: str) -> tuple[tuple[str, ...], object]:
+    """Something to restore from (a backup, and for db_restore a fresh snapshot), then fac-db
+    changed: returns the job's arguments and fac-db's state that the refused restore must keep."""
     backup_id = take_backup(box)
     if job == "db_restore":
         assert box.run("db_to_db").outcome == "success"
     with box.connect() as conn:
         conn.execute("DELETE FROM public.lookup_02")
         before = database_state(conn)
+    return ((backup_id,) if job == "s3_restore" else ()), before
+
+
+@pytest.mark.parametrize("job", ["s3_restore", "db_restore"])
+def test_restore_gives_up_on_a_held_lock_after_the_configured_wait(sample_db, job):
+    """A session holding a lock on fac-db: the restore waits FAC_BACKUP_RESTORE_LOCK_WAIT_SECONDS,
+    then fails naming the lock timeout, and fac-db is unchanged."""
+    box = sample_db
+    args, before = prepare_restore(box, job)
     box.config(FAC_BACKUP_RESTORE_LOCK_WAIT_SECONDS="2")
     holder = LockHolder(box)
     try:
         started = time.monotonic()
-        args = (backup_id,) if job == "s3_restore" else ()
         result = box.run(job, *args, options=CONFIRM)
         waited = time.monotonic() - started
         assert not holder.released.is_set(), "the restore waited until the holder let go"
@@ -157,12 +163,7 @@ def wait_for_lock_wait(box, application_name: str, timeout: float = 60.0) -> Non
 def test_a_cancel_inside_the_restore_transaction_aborts_with_fac_db_unchanged(sample_db, job):
     """SIGTERM while the restore's transaction waits on fac-db: aborted (exit 5) and fac-db as before."""
     box = sample_db
-    backup_id = take_backup(box)
-    if job == "db_restore":
-        assert box.run("db_to_db").outcome == "success"
-    with box.connect() as conn:
-        conn.execute("DELETE FROM public.lookup_02")
-        before = database_state(conn)
+    args, before = prepare_restore(box, job)
     box.config(FAC_BACKUP_RESTORE_LOCK_WAIT_SECONDS="120")
     scope = CancelScope()
     application = restore.APPLICATION_NAME if job == "s3_restore" else snapshot.APPLICATION_NAME
@@ -175,7 +176,7 @@ def test_a_cancel_inside_the_restore_transaction_aborts_with_fac_db_unchanged(sa
     canceller = threading.Thread(target=cancel_in_transaction, daemon=True)
     canceller.start()
     try:
-        result = box.run(job, *((backup_id,) if job == "s3_restore" else ()), options=CONFIRM, scope=scope)
+        result = box.run(job, *args, options=CONFIRM, scope=scope)
         assert not holder.released.is_set(), "the cancel did not stop the restore"
     finally:
         holder.close()

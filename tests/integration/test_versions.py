@@ -97,22 +97,24 @@ def make_box(pg, s3, tmp, root: str) -> Sandbox:
     return box
 
 
+def boxes_on(pg, s3, tmp, root: str):
+    """A sandbox whose two databases live on `pg`; both dropped afterwards."""
+    box = make_box(pg, s3, tmp, root)
+    yield box
+    for name in (box.db, box.snapshot_db):
+        pg.drop_database(name)
+
+
 @pytest.fixture
 def box18(pg18_server, s3_server, tmp_path, client_root):
     """fac-db and fac-snapshot-db on PostgreSQL 18, both clients installed."""
-    box = make_box(pg18_server, s3_server, tmp_path, client_root)
-    yield box
-    for name in (box.db, box.snapshot_db):
-        pg18_server.drop_database(name)
+    yield from boxes_on(pg18_server, s3_server, tmp_path, client_root)
 
 
 @pytest.fixture
 def box15(pg_server, s3_server, tmp_path, client_root):
     """fac-db and fac-snapshot-db on PostgreSQL 15, both clients installed."""
-    box = make_box(pg_server, s3_server, tmp_path, client_root)
-    yield box
-    for name in (box.db, box.snapshot_db):
-        pg_server.drop_database(name)
+    yield from boxes_on(pg_server, s3_server, tmp_path, client_root)
 
 
 def mixed_config(tmp_path, *, db: tuple, snapshot: tuple, backups_box: Sandbox, root: str):
