@@ -49,12 +49,17 @@ class Recorder:
 
     def _fail(self, request, **_kwargs):
         if self.fail_key and request.method == "PUT" and request.url.split("?")[0].endswith("/" + self.fail_key):
-            return AWSResponse(request.url, 500, {}, _Body(b"<Error><Code>InternalError</Code>"
-                                                           b"<Message>injected</Message></Error>"))
+            return injected_500(request)
         return None
 
     def writes(self) -> list[tuple[str, str]]:
         return [op for op in self.ops if op[0] in WRITES]
+
+
+def injected_500(request) -> AWSResponse:
+    """The S3 server's answer to a request that failed on its side (botocore's `before-send` hook)."""
+    return AWSResponse(request.url, 500, {}, _Body(b"<Error><Code>InternalError</Code>"
+                                                   b"<Message>injected</Message></Error>"))
 
 
 class _Body:

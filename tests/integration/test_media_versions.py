@@ -5,19 +5,18 @@ deletes a kept version exactly when no kept backup needs it any more."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from service import catalog, jobs, layout, notify
 from service.finder import FoundBackup
 from service.log import get_logger
 from service.media_versions import list_versions, read_moment, write_media_state
-from service.storage import MIN_PART_SIZE, S3ObjectStore, build_s3_client
+from service.storage import MIN_PART_SIZE, S3ObjectStore
 from service.tasks import sync
+from tests.integration.test_media_sync import Recorder, injected_500
 
 pytestmark = pytest.mark.integration
 
@@ -289,24 +288,13 @@ def _wait_for_s3_clock_after(store, moment: datetime, timeout: float = 5.0) -> N
     raise AssertionError("the S3 clock did not move")
 
 
-class FailNthCopy:
+class FailNthCopy(Recorder):
     """Stores whose clients record every operation and fail the nth server-side copy (and its
     retries) with a 500."""
 
     def __init__(self, nth: int) -> None:
+        super().__init__()
         self.nth, self.seen, self.failed, self.failing = nth, 0, False, ""
-        self.ops: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def factory(self, binding) -> S3ObjectStore:
-        client = build_s3_client(binding, max_attempts=1)
-        client.meta.events.register("before-parameter-build.s3", self._record)
-        client.meta.events.register("before-send.s3", self._fail)
-        return S3ObjectStore(binding, client=client)
-
-    def _record(self, model, params, **_kwargs) -> None:
-        with self.lock:
-            self.ops.append((model.name, params.get("Key", "")))
 
     def _fail(self, request, **_kwargs):
         if request.method != "PUT" or "x-amz-copy-source" not in request.headers:
@@ -318,13 +306,4 @@ class FailNthCopy:
                 if self.seen != self.nth:
                     return None
                 self.failing, self.failed = url, True
-        return AWSResponse(request.url, 500, {}, _Body(b"<Error><Code>InternalError</Code>"
-                                                       b"<Message>injected</Message></Error>"))
-
-
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **_kwargs):
-        yield self.data
+        return injected_500(request)
