@@ -21,6 +21,21 @@ def take_backup(box) -> catalog.Manifest:
     return catalog.read_manifest(box.store(), result.steps[-1].figures["backup_id"])
 
 
+def tampered_backup(box, tamper: str):
+    """A backup whose dissemination_finding dump had a byte flipped in place ("flip") or bytes
+    appended ("append"): returns the manifest, that table's entry and the dump's new size."""
+    manifest = take_backup(box)
+    store = box.store()
+    entry = next(t for t in manifest.tables if t.table == "dissemination_finding")
+    data = bytearray(store.get_bytes(entry.key))
+    if tamper == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data += b"appended"
+    store.put_bytes(entry.key, bytes(data))
+    return manifest, entry, len(data)
+
+
 @pytest.fixture
 def scratch(sample_db, pg_server):
     """A scratch database bound as fac-restore-test-db, holding one table of its own."""
@@ -59,15 +74,7 @@ def test_a_good_backup_passes_the_drill_by_default_the_newest(sample_db):
 @pytest.mark.parametrize("tamper", ["flip a byte", "append bytes"])
 def test_a_tampered_dump_fails_the_drill_naming_the_table(sample_db, tamper):
     """One dump changed (a byte flipped in place, or grown): the drill fails and names that table."""
-    m = take_backup(sample_db)
-    store = sample_db.store()
-    entry = next(t for t in m.tables if t.table == "dissemination_finding")
-    data = bytearray(store.get_bytes(entry.key))
-    if tamper == "flip a byte":
-        data[len(data) // 2] ^= 0xFF
-    else:
-        data += b"extra"
-    store.put_bytes(entry.key, bytes(data))
+    m, _entry, _size = tampered_backup(sample_db, "flip" if tamper == "flip a byte" else "append")
     result = sample_db.run("verify_backup", m.id)
     assert result.outcome == "failure" and isinstance(result.error, IntegrityError)
     message = result.error.message

@@ -27,7 +27,7 @@ from tests.conftest import REPO
 from tests.fakes import dies_halfway, make_pg_bin, waits_for
 from tests.integration.test_daemon import processes_mentioning
 from tests.integration.test_db_to_db import snapshot_print
-from tests.integration.test_drill import take_backup as take_drill_backup
+from tests.integration.test_drill import tampered_backup
 from tests.integration.test_restore import CONFIRM, database_state, take_backup
 
 pytestmark = pytest.mark.integration
@@ -304,20 +304,6 @@ def test_a_cancel_after_a_multipart_copy_opened_aborts_it(sample_db):
 
 
 # --- the drill: a flipped byte and appended bytes, each caught by its own check -----------------
-
-def tampered_backup(box, tamper: str):
-    """A backup whose dissemination_finding dump had a byte flipped in place, or bytes appended."""
-    manifest = take_drill_backup(box)
-    store = box.store()
-    entry = next(t for t in manifest.tables if t.table == "dissemination_finding")
-    data = bytearray(store.get_bytes(entry.key))
-    if tamper == "flip":
-        data[len(data) // 2] ^= 0xFF
-    else:
-        data += b"appended"
-    store.put_bytes(entry.key, bytes(data))
-    return manifest, entry, len(data)
-
 
 def test_the_drill_names_the_checksum_for_a_flipped_byte(sample_db):
     """Same size, one byte flipped: the drill fails on the sha256, saying which it expected."""
