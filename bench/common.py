@@ -79,25 +79,31 @@ def open_env(rebuild: bool = False, scale: dict | None = None) -> BenchEnv:
     # A throwaway cluster for benchmarks writes durably, as production does: without
     # fsync and full-page writes, methods that commit often would look cheaper.
     env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
-    scale = scale or DEFAULT_SCALE
+    ensure_database(env, BENCH_DB, scale or DEFAULT_SCALE, rebuild=rebuild)
+    return env
+
+
+def ensure_database(env: BenchEnv, name: str, scale: dict, rebuild: bool = False) -> str:
+    """`name` holding the FAC-like database at `scale`, owned by its own login role as on RDS:
+    kept from an earlier run while its marker table says it has that scale, else built anew."""
     marker = repr(sorted(scale.items())) + " owned by its role"
     with env.pg.connect() as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     if exists and not rebuild:
-        with env.pg.connect(BENCH_DB) as conn:
+        with env.pg.connect(name) as conn:
             row = conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()
             found = row[0] and conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0]
         if found == marker:
-            env.pg.adopt_database(BENCH_DB)  # its role gets a new password for this run
-            return env
-    print(f"bench: building {BENCH_DB} ({marker}) ...", file=sys.stderr)
-    env.pg.drop_database(BENCH_DB)
-    env.pg.create_database(BENCH_DB)
-    with env.pg.connect_as_owner(BENCH_DB) as conn:  # the data belongs to the binding's role, as on RDS
+            env.pg.adopt_database(name)  # its role gets a new password for this run
+            return name
+    print(f"bench: building {name} ({marker}) ...", file=sys.stderr)
+    env.pg.drop_database(name)
+    env.pg.create_database(name)
+    with env.pg.connect_as_owner(name) as conn:  # the data belongs to the binding's role, as on RDS
         load_sample_database(conn, **scale)
         conn.execute("CREATE TABLE public.bench_marker (scale text)")
         conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))
-    return env
+    return name
 
 
 def database_size(env: BenchEnv, db: str | None = None) -> int:

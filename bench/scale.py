@@ -1,4 +1,4 @@
-"""`python -m bench scale [--media-sizes=10000,100000] [--first-copy-sizes=...] [--db-scales=0.25,1]`:
+"""`python -m bench scale [--media-sizes=10000,100000] [--first-copy-sizes=...] [--db-scales=1,10]`:
 does cost grow no faster than the work? Not part of `make bench`'s default run (it takes tens of minutes);
 `make bench-scale` runs it. An empty list skips that half.
 
@@ -31,11 +31,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from psycopg import sql
-
-from bench.common import BENCH_DB, BenchEnv, database_size, mib, print_table, run_child, run_job_child
+from bench.common import (
+    BENCH_DB,
+    DEFAULT_SCALE,
+    BenchEnv,
+    database_size,
+    ensure_database,
+    mib,
+    print_table,
+    run_child,
+    run_job_child,
+)
 from bench.restore import check_counts, read_manifest
-from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, LocalS3
 from service.storage import S3ObjectStore
 from service.vcap import BucketBinding
@@ -44,7 +51,6 @@ SEED = 20261126
 MEMORY_TARGET = 1.10
 TIME_TARGET = 1.20
 FOLDERS = ("singleauditreport", "excel", "pdf/2024", "pdf/2025", "workbooks/federal awards")
-BASE_ROWS = 600_000  # bench.common.DEFAULT_SCALE's general_rows
 
 
 def _option(argv: list[str], name: str, default: str) -> str:
@@ -139,32 +145,10 @@ def media_part(env: BenchEnv, sizes: list[int], first_copy_sizes: list[int]) -> 
 def scaled_database(env: BenchEnv, scale: float) -> str:
     """The benchmark database at `scale` times its rows, built once and cached under its own
     name (so that the other benchmarks' `fac_bench` is never rebuilt under their feet)."""
-    name = f"fac_bench_s{str(scale).replace('.', '_')}"
-    wanted = {"general_rows": int(BASE_ROWS * scale), "awards_per_audit": 8, "small_tables": 40}
-    marker = repr(sorted(wanted.items()))
-    if scale == 1 and _marker(env, BENCH_DB) == marker:
-        return BENCH_DB  # the other benchmarks' database, read only
-    if _marker(env, name) == marker:
-        return name
-    print(f"bench.scale: building {name} ({marker}) ...", file=sys.stderr)
-    env.pg.drop_database(name)
-    env.pg.create_database(name)
-    with env.pg.connect(name) as conn:
-        load_sample_database(conn, **wanted)
-        conn.execute("CREATE TABLE public.bench_marker (scale text)")
-        conn.execute(sql.SQL("INSERT INTO public.bench_marker VALUES ({})").format(sql.Literal(marker)))
-    return name
-
-
-def _marker(env: BenchEnv, name: str) -> str | None:
-    """The scale a benchmark database was built at, or None."""
-    with env.pg.connect() as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return None
-    with env.pg.connect(name) as conn:
-        if not conn.execute("SELECT to_regclass('public.bench_marker')").fetchone()[0]:
-            return None
-        return conn.execute("SELECT scale FROM public.bench_marker").fetchone()[0]
+    wanted = dict(DEFAULT_SCALE, general_rows=int(DEFAULT_SCALE["general_rows"] * scale))
+    if scale == 1:
+        return ensure_database(env, BENCH_DB, wanted)
+    return ensure_database(env, f"fac_bench_s{str(scale).replace('.', '_')}", wanted)
 
 
 def database_part(env: BenchEnv, scales: list[float]) -> tuple[list[tuple], list[dict]]:
@@ -214,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     media_sizes = [int(n) for n in _option(argv, "--media-sizes", "10000,100000").split(",") if n]
     first_sizes = [int(n) for n in _option(argv, "--first-copy-sizes", ",".join(map(str, media_sizes))).split(",")
                    if n]
-    db_scales = [float(s) for s in _option(argv, "--db-scales", "0.25,1").split(",") if s]
+    db_scales = [float(s) for s in _option(argv, "--db-scales", "1,10").split(",") if s]
     url = os.environ.get("FAC_BACKUP_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     env = BenchEnv(LocalPostgres(url, durable=True).start(), LocalS3().start())
     try:
