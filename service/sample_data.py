@@ -162,7 +162,7 @@ INSERT INTO public.dissemination_general
 SELECT format('%s-%s-GSAFAC-%s', 2016 + i % 9, lpad((i % 12 + 1)::text, 2, '0'), lpad(i::text, 10, '0')),
        'Auditee ' || md5(i::text), upper(substr(md5((i * 7)::text), 1, 12)), 2016 + i % 9,
        (ARRAY['in_progress', 'submitted', 'disseminated'])[1 + i % 3]::public.audit_status,
-       (i * 1013 % 100000000) / 100.0, date '2016-01-01' + (i % 3000),
+       (i::bigint * 1013 % 100000000) / 100.0, date '2016-01-01' + (i % 3000),
        repeat(md5(i::text), 1 + i % 4)
 FROM generate_series(1, %(general)s) AS i;
 
