@@ -170,7 +170,7 @@ def scaled_database(env: BenchEnv, scale: float) -> str:
     wanted = dict(DEFAULT_SCALE, general_rows=int(DEFAULT_SCALE["general_rows"] * scale))
     if scale == 1:
         return ensure_database(env, BENCH_DB, wanted)
-    return ensure_database(env, f"fac_bench_s{str(scale).replace('.', '_')}", wanted)
+    return ensure_database(env, f"fac_bench_s{scale:g}".replace(".", "_"), wanted)
 
 
 def database_part(env: BenchEnv, scales: list[float]) -> tuple[list[tuple], list[dict]]:
