@@ -12,7 +12,8 @@ tables, then load each dump's rows with `pg_restore --data-only`.
    missing or its columns are not the dump's (a migration since), a sequence
    the dump sets is missing, a foreign key from a table outside the backup
    could not hold while the rows are replaced, or the restoring role may not
-   do what the restore must.
+   do what the restore must (own the tables with triggers, the sequences and
+   the materialized views it refreshes).
 2. `load_rows` runs inside the restore's one transaction (loader.Session): it
    locks the tables, defers the deferrable foreign keys, gives the dumps'
    sequences new storage (setval is not transactional, but a rollback discards
@@ -21,8 +22,10 @@ tables, then load each dump's rows with `pg_restore --data-only`.
    would write a history row per restored row; the tables' owner may do this
    without superuser rights), empties the tables (TRUNCATE together; DELETE
    where another table's foreign key forbids it), loads each dump's rows and
-   sequence values parents first, checks every deferred foreign key, and puts
-   every trigger back in its own state. The caller commits.
+   sequence values parents first, checks every deferred foreign key, puts
+   every trigger back in its own state, and refreshes the populated
+   materialized views that read the tables (else they would go on serving
+   the replaced rows). The caller commits.
 """
 
 from __future__ import annotations
@@ -84,6 +87,31 @@ TRIGGERS_SQL = """
 SELECT tgrelid, tgname, tgenabled FROM pg_catalog.pg_trigger
 WHERE tgrelid = ANY(%s::oid[]) AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgrelid, tgname
 """
+# Materialized views that read a restored table, directly or through views and other materialized
+# views: a legacy restore keeps their definitions, so their rows must be computed again from the
+# restored rows (FAC's search and API read them). Only populated ones: a view the team left
+# unpopulated stays so. Deepest dependency last, so a view over a view is refreshed after it.
+# The restoring role must own each (or hold MAINTAIN on PostgreSQL 17 and later).
+MATVIEWS_SQL = """
+WITH RECURSIVE readers(oid, depth) AS (
+    SELECT r.ev_class, 1 FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ANY(%s::oid[])
+      AND r.ev_class <> d.refobjid
+    UNION
+    SELECT r.ev_class, readers.depth + 1 FROM readers
+    JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = readers.oid
+    JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+    WHERE r.ev_class <> d.refobjid AND readers.depth < 50
+)
+SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname), pg_catalog.pg_get_userbyid(c.relowner),
+       pg_catalog.pg_has_role(c.relowner, 'USAGE') OR CASE WHEN pg_catalog.current_setting('server_version_num')::int
+           >= 170000 THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') ELSE false END
+FROM (SELECT oid, max(depth) AS depth FROM readers GROUP BY oid) m
+JOIN pg_catalog.pg_class c ON c.oid = m.oid AND c.relkind = 'm' AND c.relispopulated
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ORDER BY m.depth, 1
+"""
 DELETE_ACTIONS = {"c": "ON DELETE CASCADE", "n": "ON DELETE SET NULL", "d": "ON DELETE SET DEFAULT"}
 
 MIGRATION_HINT = ("a legacy restore keeps the live definitions and replaces only the rows, so every dumped "
@@ -101,6 +129,7 @@ class LegacyPlan:
     triggers: tuple[tuple[str, str, str], ...]  # (quoted table, trigger, pg_trigger.tgenabled)
     outside_keys: tuple[str, ...]  # foreign keys of other tables, checked before the commit
     sequences: tuple[str, ...] = ()  # the sequences the dumps set, as the server names them
+    matviews: tuple[str, ...] = ()  # populated materialized views reading the tables, refreshed in this order
 
 
 def _feed_head(reader: ObjectReader, stdin, errors: list) -> None:
@@ -226,6 +255,13 @@ def plan_restore(ctx, store, found: FoundBackup, target) -> LegacyPlan:
                                  f"make {key} DEFERRABLE, or empty {child_name} first"))
         triggers = [(names_of[relid], trigger, mode)
                     for relid, trigger, mode in conn.execute(TRIGGERS_SQL, (list(oids.values()),)).fetchall()]
+        matviews = []
+        for matview, owner, allowed in conn.execute(MATVIEWS_SQL, (list(oids.values()),)).fetchall():
+            matviews.append(matview)
+            if not allowed:
+                problems.append((f"materialized view {matview} reads the restored tables and must be refreshed "
+                                 f"from their rows, and only its owner ({owner}) may refresh it",
+                                 f"restore as its owner ({owner})"))
     for name in dict.fromkeys(table for table, _, _ in triggers):
         owner, owned = owners[name]
         if not owned:  # ALTER TABLE ... DISABLE TRIGGER is the owner's right
@@ -241,7 +277,7 @@ def plan_restore(ctx, store, found: FoundBackup, target) -> LegacyPlan:
     truncate, delete = legacy.split_emptying(list(oids), references, outside)
     order = legacy.load_order(list(oids), references)
     return LegacyPlan(tuple((n, named[n]) for n in order), tuple(truncate), tuple(delete), tuple(triggers),
-                      tuple(outside_keys), tuple(dict.fromkeys(restart)))
+                      tuple(outside_keys), tuple(dict.fromkeys(restart)), tuple(matviews))
 
 
 def build_prepare_sql(plan: LegacyPlan, lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS) -> str:
@@ -263,9 +299,11 @@ def build_prepare_sql(plan: LegacyPlan, lock_wait_seconds: int = DEFAULT_LOCK_WA
 
 def build_finish_sql(plan: LegacyPlan) -> str:
     """Every deferred foreign key checked now, then every trigger back in its own state (a table
-    with foreign-key checks still pending cannot be altered)."""
+    with foreign-key checks still pending cannot be altered), then the materialized views that
+    read the tables computed again from the restored rows, in the same transaction."""
     lines = [f"ALTER TABLE {table} {legacy.TRIGGER_MODES.get(mode, 'ENABLE TRIGGER')} {quote_ident(trigger)};"
              for table, trigger, mode in plan.triggers]
+    lines += [f"REFRESH MATERIALIZED VIEW {matview};" for matview in plan.matviews]
     return "\n".join(["SET CONSTRAINTS ALL IMMEDIATE;", *lines]) + "\n"
 
 
@@ -275,7 +313,8 @@ def load_rows(ctx, session: Session, store, found: FoundBackup, plan: LegacyPlan
     `pg_restore` is the program service.clients chose for the target."""
     argv = build_pg_restore_command(pg_restore, extra=("--data-only", "-f", "-"))
     ctx.log.info("restore.legacy_plan", backup_id=found.id, truncated=len(plan.truncate), deleted=len(plan.delete),
-                 triggers_off=len(plan.triggers), outside_foreign_keys=list(plan.outside_keys))
+                 triggers_off=len(plan.triggers), outside_foreign_keys=list(plan.outside_keys),
+                 matviews_refreshed=list(plan.matviews))
     session.execute(build_prepare_sql(plan, ctx.config.settings.restore_lock_wait_seconds))
     # The next dump downloads while the current one loads (one reader ahead, bounded queues).
     readers = [ObjectReader(store, table.key) for _, table in plan.tables]

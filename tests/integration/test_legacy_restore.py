@@ -87,6 +87,26 @@ CREATE TRIGGER audit_truncate AFTER TRUNCATE ON public.audit_audit
 CREATE TRIGGER audit_row_off AFTER INSERT ON public.auth_user
     FOR EACH ROW EXECUTE FUNCTION curation.record_change();
 ALTER TABLE public.auth_user DISABLE TRIGGER audit_row_off;
+-- materialized views, as FAC's search reads them: ids drawn from a sequence, one over another,
+-- one over a plain view, and one the team left unpopulated
+CREATE SEQUENCE public.dissemination_combined_id_seq;
+CREATE MATERIALIZED VIEW public.dissemination_combined AS
+    SELECT nextval('public.dissemination_combined_id_seq') AS id, g.report_id, g.auditee_name, g.audit_year,
+           a.amount_expended
+    FROM public.dissemination_general g JOIN public.dissemination_federalaward a USING (report_id)
+    WITH NO DATA;
+CREATE MATERIALIZED VIEW api_v1_1_0.expended_by_year AS
+    SELECT audit_year, sum(amount_expended) AS expended FROM public.dissemination_combined GROUP BY audit_year
+    WITH NO DATA;
+CREATE MATERIALIZED VIEW public.dissemination_totals AS
+    SELECT count(*) AS reports, sum(expended) AS expended FROM public.dissemination_summary WITH NO DATA;
+CREATE MATERIALIZED VIEW public.audit_status_counts AS
+    SELECT status, count(*) AS audits FROM public.audit_audit GROUP BY status WITH NO DATA;
+"""
+REFRESH_SQL = """
+REFRESH MATERIALIZED VIEW public.dissemination_combined;
+REFRESH MATERIALIZED VIEW api_v1_1_0.expended_by_year;
+REFRESH MATERIALIZED VIEW public.dissemination_totals;
 """
 
 FAC_ROWS = """
@@ -110,6 +130,18 @@ INSERT INTO public.support_cognizantassignment (report_id, cognizant_agency)
 def load_fac_schema(conn) -> None:
     conn.execute(FAC_SCHEMA)
     conn.execute(FAC_ROWS)
+    conn.execute(REFRESH_SQL)
+
+
+def matview_rows(conn) -> dict:
+    """Each materialized view's rows without their sequence-drawn ids (None while unpopulated)."""
+    found = {}
+    for schema, name, populated in conn.execute(
+            "SELECT schemaname, matviewname, ispopulated FROM pg_matviews ORDER BY 1, 2").fetchall():
+        found[f"{schema}.{name}"] = populated and conn.execute(
+            f"SELECT count(*), md5(coalesce(string_agg(r, '|' ORDER BY r), '')) "
+            f"FROM (SELECT (to_jsonb(t) - 'id')::text AS r FROM {quoted(schema, name)} t) rows").fetchone()
+    return found
 
 
 def quoted(schema: str, table: str) -> str:
@@ -161,11 +193,11 @@ def history_rows(conn) -> int:
     return conn.execute("SELECT count(*) FROM curation.record_version").fetchone()[0]
 
 
-def write_old_tool_backup(box, legacy_id: str) -> list[str]:
+def write_old_tool_backup(box, legacy_id: str, pg_dump: str | None = None) -> list[str]:
     """Every public table as the old tool writes it: `pg_dump --format c --no-owner --no-privileges
     --table public.<t>` piped into `backups/<legacy_id>/public-<t>.dump`; nothing else."""
     db = box.config().fac_db
-    pg_dump = find_pg_program("pg_dump")
+    pg_dump = pg_dump or find_pg_program("pg_dump")
     with box.connect() as conn:
         tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
                                               "ORDER BY 1").fetchall()]
@@ -186,6 +218,7 @@ def change_everything(conn) -> None:
     conn.execute("DELETE FROM public.audit_history WHERE id > 100")
     conn.execute("TRUNCATE public.support_cognizantassignment")
     conn.execute("SELECT setval('public.auth_user_id_seq', 9000)")
+    conn.execute(REFRESH_SQL)  # the application's refresh: the views show the changed rows
 
 
 def add_outside_table(conn) -> None:
@@ -219,12 +252,12 @@ def test_each_old_tool_shape_is_listed_shown_verified_and_restored_by_its_printe
     with no history row written and the newer table's foreign key still holding."""
     box, legacy_id = fac_db, SHAPES[shape]
     with box.connect() as conn:
-        before = fac_state(conn)
+        before, before_views = fac_state(conn), matview_rows(conn)
     tables = write_old_tool_backup(box, legacy_id)
     with box.connect() as conn:
         change_everything(conn)
         add_outside_table(conn)
-        changed = fac_state(conn)
+        changed, changed_views = fac_state(conn), matview_rows(conn)
         outside_rows = changed["rows public.dissemination_resubmission"]
         history = history_rows(conn)
     listed = box.cli("list", "--json")
@@ -244,8 +277,13 @@ def test_each_old_tool_shape_is_listed_shown_verified_and_restored_by_its_printe
     assert result.steps[0].figures["tables"] == len(tables) and result.steps[0].figures["legacy"] is True
     assert any(e["event"] == "restore.legacy_unverifiable" for e in logs)
     with box.connect() as conn:
-        after = fac_state(conn)
+        after, after_views = fac_state(conn), matview_rows(conn)
         assert history_rows(conn) == history, "the restore fired the audit triggers"
+    # The materialized views show the restored rows, not the replaced ones; the unpopulated one stays so.
+    assert changed_views != before_views
+    assert after_views == before_views and after_views["public.audit_status_counts"] is False
+    assert [e["matviews_refreshed"] for e in logs if e["event"] == "restore.legacy_plan"] == [
+        ["public.dissemination_combined", "api_v1_1_0.expended_by_year", "public.dissemination_totals"]]
     outside = after.pop("rows public.dissemination_resubmission")
     assert outside == outside_rows
     for key in ("views", "triggers", "functions", "grants", "schema grants", "enum", "indexes", "constraints"):
@@ -256,7 +294,9 @@ def test_each_old_tool_shape_is_listed_shown_verified_and_restored_by_its_printe
     # Sequences the dumps carry are back at their backed-up values; the others are as they were.
     expected = {(schema, name): value for schema, name, value in changed["sequences"]}
     expected.update({(schema, name): value for schema, name, value in before["sequences"]
-                     if name != "record_version_id_seq"})
+                     if name not in ("record_version_id_seq", "dissemination_combined_id_seq")})
+    # The refresh drew an id for each combined row, as the application's own refresh does.
+    expected["public", "dissemination_combined_id_seq"] += after_views["public.dissemination_combined"][0]
     assert {(schema, name): value for schema, name, value in after["sequences"]} == expected
     assert expected[("public", "auth_user_id_seq")] == 20 and expected[("public", "audit_audit_id_seq")] == 300
     assert result.steps[0].figures["pre_restore_backup"] in pre_restores(box)
@@ -348,6 +388,26 @@ def test_column_changes_are_all_named(fac_db):
     assert "award_reference is character varying(20) in the dump" in result.error.detail
     assert result.error.message.startswith("legacy backup scheduled-06-25-09 does not fit fac-db: ")
     assert "taken since the migration" in result.error.hint
+
+
+def test_a_materialized_view_the_role_may_not_refresh_is_refused_before_anything_is_touched(fac_db):
+    """A view over the restored tables that another role owns could not show the restored rows: refused
+    (exit 3) naming it and its owner, before the pre-restore backup; fac-db unchanged."""
+    box, legacy_id = fac_db, SHAPES["flat"]
+    write_old_tool_backup(box, legacy_id)
+    with box.admin() as admin:
+        admin.execute(f"ALTER MATERIALIZED VIEW public.dissemination_totals OWNER TO {API_ROLE}")
+    with box.connect() as conn:
+        conn.execute("DELETE FROM public.dissemination_federalaward WHERE id > 10")
+        before = fac_state(conn)
+    result = box.run("s3_restore", legacy_id, options=CONFIRM)
+    assert result.exit_code == 3 and isinstance(result.error, SafetyError), result.error
+    assert (f"materialized view public.dissemination_totals reads the restored tables and must be refreshed "
+            f"from their rows, and only its owner ({API_ROLE}) may refresh it") in result.error.detail
+    assert "expended_by_year" not in result.error.detail  # owned by the role: refreshable
+    with box.connect() as conn:
+        assert fac_state(conn) == before
+    assert pre_restores(box) == []
 
 
 def test_a_database_without_the_schema_is_refused_saying_migrations_must_run_first(fac_db, pg_server):

@@ -26,6 +26,14 @@ from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, _free_port, build_client_root, embedded_pg_bin
 from tests.conftest import Sandbox
 from tests.integration.test_db_to_db import fingerprint
+from tests.integration.test_legacy_restore import (
+    API_ROLE,
+    API_ROLE_SQL,
+    change_everything,
+    load_fac_schema,
+    matview_rows,
+    write_old_tool_backup,
+)
 
 pytestmark = pytest.mark.integration
 CONFIRM = {"confirm": "fac-db"}
@@ -280,3 +288,29 @@ def test_versions_report_each_binding_and_a_server_no_client_serves(box15, pg18_
         assert versions["fac-snapshot-db"][0].startswith("18.") and versions["fac-snapshot-db"][1] == "none"
     finally:
         pg18_server.drop_database(snapshot)
+
+
+def test_legacy_restore_on_18_refreshes_a_view_the_role_may_only_maintain(box18):
+    """An old-tool backup of an 18 fac-db (its own pg_dump) restores there with 18's pg_restore. A
+    materialized view owned by another role, on which the restoring role holds only SELECT and MAINTAIN
+    (new in 17), is refreshed too: the views show the restored rows."""
+    role = box18.pg.owners[box18.db][0]
+    with box18.admin() as admin:
+        admin.execute(API_ROLE_SQL)
+    with box18.connect() as conn:
+        load_fac_schema(conn)
+    with box18.admin() as admin:  # the refresh runs with the owner's rights: it must read the view
+        admin.execute(f"GRANT SELECT ON public.dissemination_summary TO {API_ROLE}")
+        admin.execute(f"ALTER MATERIALIZED VIEW public.dissemination_totals OWNER TO {API_ROLE}")
+        admin.execute(f'GRANT SELECT, MAINTAIN ON public.dissemination_totals TO "{role}"')
+    with box18.connect() as conn:
+        before = matview_rows(conn)
+    write_old_tool_backup(box18, "scheduled-06-25-09", pg_dump=os.path.join(embedded_pg_bin(), "pg_dump"))
+    with box18.connect() as conn:
+        conn.execute("REFRESH MATERIALIZED VIEW public.dissemination_totals")  # MAINTAIN alone allows it
+        change_everything(conn)
+        assert matview_rows(conn) != before
+    result = box18.run("s3_restore", "scheduled-06-25-09", options=CONFIRM)
+    assert result.outcome == "success", (result.error, result.error and result.error.detail)
+    with box18.connect() as conn:
+        assert matview_rows(conn) == before
