@@ -148,19 +148,25 @@ def run_job_child(args: list[str], env: dict) -> tuple[float, dict]:
     """`python -m service run ARGS` in a child; (seconds, its job summary event). Fails loudly.
 
     The summary carries `peak_rss_bytes`, the Python process's own high-water mark
-    (the PostgreSQL programs it runs are separate processes and not counted).
+    (the PostgreSQL programs it runs are separate processes and not counted); this adds
+    `cpu_seconds`, the CPU the child and its own children used (user and system).
     """
     import json
+    import resource
 
-    start = time.perf_counter()
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    start, cpu = time.perf_counter(), children_cpu()
     done = subprocess.run([sys.executable, "-m", "service", "run", *args], env=env, cwd=REPO,
                           capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, children_cpu() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"run {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     summary = next(e for e in reversed(events) if e.get("event") == "job.finished")
-    return seconds, summary
+    return seconds, dict(summary, cpu_seconds=cpu)
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> None:
