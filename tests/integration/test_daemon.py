@@ -45,16 +45,20 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def write_pg_bin(directory: Path, slow_when: str, seconds: float) -> Path:
-    """A FAC_BACKUP_PG_BIN whose pg_dump runs the real one, then sleeps when its
-    arguments match the shell pattern `slow_when`; psql and pg_restore are the real ones."""
+def write_pg_bin(directory: Path, slow_when: str, seconds: float, gate: Path | None = None) -> Path:
+    """A FAC_BACKUP_PG_BIN whose pg_dump runs the real one, then, when its arguments match
+    the shell pattern `slow_when`, sleeps `seconds` (or, with `gate`, waits up to `seconds`
+    for that file to exist); psql and pg_restore are the real ones."""
     directory.mkdir()
     real = find_pg_program("pg_dump") if not Path("/usr/bin/pg_dump").exists() else "/usr/bin/pg_dump"
+    wait = f"sleep {seconds}"
+    if gate is not None:
+        wait = f'i=0; while [ ! -e "{gate}" ] && [ $i -lt {int(seconds * 10)} ]; do sleep 0.1; i=$((i+1)); done'
     script = directory / "pg_dump"
     script.write_text(
         "#!/bin/sh\n"
         f'"{real}" "$@"\nstatus=$?\n'
-        f'case "$*" in {slow_when}) sleep {seconds} ;; esac\n'
+        f'case "$*" in {slow_when}) {wait} ;; esac\n'
         "exit $status\n"
     )
     script.chmod(0o755)
@@ -218,16 +222,28 @@ def test_protected_trigger_without_confirmation_is_refused(sample_db, start_daem
 
 
 def test_one_off_run_waits_for_the_daemons_run_and_they_never_overlap(sample_db, start_daemon):
-    """A `run db_to_s3` in another process waits for the lock; both finish, one after the other."""
-    pg_bin = write_pg_bin(sample_db.tmp / "pgbin", "*exclude-table-data*", 3)
+    """A `run db_to_s3` in another process waits for the lock; both finish, one after the other.
+    The daemon's backup holds the lock until the one-off says it is waiting (a gate, not a sleep:
+    however slow the machine, the one-off finds the lock taken)."""
+    gate = sample_db.tmp / "one-off-is-waiting"
+    pg_bin = write_pg_bin(sample_db.tmp / "pgbin", "*exclude-table-data*", 90, gate=gate)
     daemon = start_daemon(FAC_BACKUP_PG_BIN=str(pg_bin))
     daemon.wait_healthy()
     daemon.ctl("trigger", job="db_to_s3", args=[], options={})
     wait_for(lambda: any(e["event"] == "backup.started" for e in daemon.events()), 30,
              "the daemon's backup to hold the lock")
-    one_off = sample_db.cli("run", "db_to_s3", env=dict(daemon.env, PORT=""), timeout=120)
-    assert one_off.returncode == 0, one_off.stderr + one_off.stdout
-    assert '"lock.waiting"' in one_off.stdout
+    out = sample_db.tmp / "one-off.out"
+    with open(out, "wb") as sink:
+        one_off = subprocess.Popen([sys.executable, "-m", "service", "run", "db_to_s3"], cwd=REPO,
+                                   env=dict(daemon.env, PORT=""), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b'"lock.waiting"' in out.read_bytes(), 60, "the one-off run to wait for the lock")
+        gate.touch()
+        assert one_off.wait(timeout=120) == 0, out.read_text()
+    finally:
+        gate.touch()
+        if one_off.poll() is None:
+            one_off.kill()
     wait_for(lambda: daemon.value("fac_backup_job_runs_total", job="db_to_s3", outcome="success") == 1,
              60, "the daemon's run to finish")
     manifests = sorted((b.manifest for b in catalog.list_backups(sample_db.store()) if b.complete),
