@@ -97,6 +97,7 @@ class BackupSummary:
     bytes: int = 0
     manifest: Manifest | None = None
     legacy: bool = False  # written by the old tool: dumps only, no manifest, no schema.dump
+    verified_at: str = ""  # when a drill last proved it restorable (its verified.json, S3's clock)
 
 
 def write_manifest(store: ObjectStore, manifest: Manifest) -> None:
@@ -135,9 +136,11 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
             except (IntegrityError, BackupNotFoundError):
                 m = None
             if m is not None:
+                verified = next((o.last_modified for o in objects
+                                 if o.key == layout.verified_key(backup_id) and o.last_modified), None)
                 summaries.append(
                     BackupSummary(backup_id, True, m.job, m.started_at, m.finished_at, len(m.tables),
-                                  m.total_bytes, m)
+                                  m.total_bytes, m, verified_at=verified.isoformat() if verified else "")
                 )
                 continue
         dumps = [o for o in objects if layout.is_dump_key(o.key)]

@@ -21,6 +21,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "schema.dump"
 PRIVILEGES_NAME = "privileges.json"
 MEDIA_STATE_NAME = "media.json"
+VERIFIED_NAME = "verified.json"  # written by a drill that proved the backup restorable
 # Not a backup: the media copies the sync replaced. Backup ids never take this name
 # (they all start with a kind of ID_FORMATS), and listings of backups skip it.
 MEDIA_VERSIONS_ID = "media-versions"
@@ -100,6 +101,10 @@ def privileges_key(backup_id: str) -> str:
 
 def manifest_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MANIFEST_NAME
+
+
+def verified_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + VERIFIED_NAME
 
 
 def media_state_key(backup_id: str) -> str:

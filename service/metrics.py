@@ -110,10 +110,11 @@ class Metrics:
             "Bytes kept and deleted by the last applied prune_backups of this process.",
             ["decision"], registry=r,
         )
+        self._last_verified = 0.0
         self.last_verified = Gauge(
             "fac_backup_last_verified_backup_timestamp_seconds",
-            "Unix start time of the backup that the last successful verify_backup of this process "
-            "proved restorable (0: none yet).", registry=r,
+            "Unix start time of the newest backup a successful verify_backup proved restorable, in this "
+            "process or (read from the bucket's verified.json records) before it (0: none).", registry=r,
         )
         self.notifications = Counter(
             "fac_backup_notifications", "Webhook notifications by outcome (sent, failed).", ["outcome"],
@@ -221,7 +222,7 @@ class Metrics:
             elif step.name == "verify_backup" and step.outcome == "success":
                 started = parse_timestamp(figures.get("backup_started_at", ""))
                 if started is not None:
-                    self.last_verified.set(started)
+                    self._advance_verified(started)
 
     def set_database_versions(self, versions: dict[str, tuple[str, str]]) -> None:
         """binding -> (server version, client version or "none"); bindings not given keep their series."""
@@ -254,12 +255,25 @@ class Metrics:
             self._advance(job, finished)
             self.last_backup_bytes.labels(job=job).set(manifest.total_bytes)
             self.last_backup_tables.labels(job=job).set(len(manifest.tables))
+        # A drill's record survives restarts: the freshness alert keeps its memory.
+        for summary in summaries:
+            manifest = getattr(summary, "manifest", None)
+            if summary.complete and manifest is not None and getattr(summary, "verified_at", ""):
+                started = parse_timestamp(manifest.started_at)
+                if started is not None:
+                    self._advance_verified(started)
         self.catalog_refreshed.set(now)
 
     def set_next_runs(self, next_runs: dict[str, datetime | None]) -> None:
         """Next fire time per scheduled job; None (paused) exports 0."""
         for job, when in next_runs.items():
             self.job_next_run.labels(job=job).set(when.timestamp() if when else 0)
+
+    def _advance_verified(self, started: float) -> None:
+        """The newest backup proved restorable; a drill of an older one does not move it back."""
+        if started > self._last_verified:
+            self._last_verified = started
+            self.last_verified.set(started)
 
     def _advance(self, job: str, value: float) -> None:
         # A manifest read late must not move a newer in-process success backwards.

@@ -10,6 +10,11 @@
    one transaction that ends with the restore's row-count check against the
    manifest, then ROLL BACK instead of committing: the scratch database is left
    exactly as it was, so the drill drops everything it created.
+4. Record the success beside the backup, `verified.json` (when, which checks),
+   so the freshness of drills (fac_backup_last_verified_backup_timestamp_seconds
+   and its alert) survives a restart of the daemon. Only for a backup that still
+   has its manifest (a prune may have removed it meanwhile: nothing is written
+   into a prefix that is going away); legacy backups get no record.
 
 The scratch binding can never be fac-db or fac-snapshot-db: config.py refuses
 it, and the drill checks again before connecting.
@@ -17,12 +22,13 @@ it, and the drill checks again before connecting.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from service import catalog, clients, layout, progress
-from service.errors import BackupNotFoundError, RestoreError, SafetyError
+from service.errors import BackupNotFoundError, ObjectNotFoundError, RestoreError, SafetyError, ServiceError
 from service.finder import FoundBackup, find_backup
 from service.loader import Session
 from service.pgtools import INHERITED_ENV, build_pg_env, build_psql_command
@@ -122,4 +128,26 @@ def verify_backup_step(ctx) -> dict:
         figures["rows"] = found.manifest.total_rows
         figures["backup_started_at"] = found.manifest.started_at
     figures["seconds"] = round(time.monotonic() - started, 3)
+    if found.manifest is not None:
+        figures["recorded"] = record_verified(ctx, store, found.id, figures)
     return figures
+
+
+def record_verified(ctx, store: ObjectStore, backup_id: str, figures: dict) -> bool:
+    """Write `verified.json` beside a backup the drill proved; False (logged) when the backup's
+    manifest is gone or the write fails: the drill itself still succeeded."""
+    record = {"backup_id": backup_id, "verified_at": datetime.now(UTC).isoformat(),
+              "backup_started_at": figures.get("backup_started_at", ""), "objects": figures["objects"],
+              "bytes": figures["bytes"], "restored_tables": figures["restored_tables"]}
+    try:
+        store.head(layout.manifest_key(backup_id))  # pruned meanwhile: leave the prefix alone
+        store.put_bytes(layout.verified_key(backup_id), json.dumps(record, indent=2).encode(),
+                        content_type="application/json")
+    except ObjectNotFoundError:
+        ctx.log.warning("drill.not_recorded", backup_id=backup_id, reason="the backup was deleted meanwhile")
+        return False
+    except ServiceError as exc:
+        ctx.log.warning("drill.not_recorded", backup_id=backup_id, reason=exc.message)
+        return False
+    ctx.log.info("drill.recorded", backup_id=backup_id, key=layout.verified_key(backup_id))
+    return True

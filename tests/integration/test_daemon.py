@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import catalog, jobs
+from service import catalog, jobs, layout
 from service.control import send_request
 from service.metrics import OUTCOMES
 from service.sandbox import find_pg_program
@@ -251,6 +251,27 @@ def test_one_off_run_waits_for_the_daemons_run_and_they_never_overlap(sample_db,
     assert len(manifests) == 2
     first, second = manifests
     assert datetime.fromisoformat(first.finished_at) <= datetime.fromisoformat(second.started_at)
+
+
+def test_a_drill_from_before_the_daemon_started_keeps_the_verified_gauge_fresh(sample_db, start_daemon):
+    """A drill records verified.json beside the backup it proved; a daemon started afterwards (a
+    restart, a deploy) reads it back, so the drill-freshness alert does not forget across restarts."""
+    older = sample_db.run("initial_backup")  # two kinds: two ids, whatever the minute
+    newer = sample_db.run("db_to_s3")
+    assert older.outcome == newer.outcome == "success", (older.error, newer.error)
+    proved = catalog.read_manifest(sample_db.store(), older.steps[0].figures["backup_id"])
+    drill = sample_db.run("verify_backup", proved.id)
+    assert drill.outcome == "success" and drill.steps[0].figures["recorded"] is True, drill.error
+    assert drill.steps[0].figures["backup_id"] == proved.id
+    record = json.loads(sample_db.store().get_bytes(layout.verified_key(proved.id)))
+    assert record["backup_id"] == proved.id and record["backup_started_at"] == proved.started_at
+    assert record["objects"] == drill.steps[0].figures["objects"]
+    summaries = {s.id: s for s in catalog.list_backups(sample_db.store())}
+    assert summaries[proved.id].verified_at and not summaries[newer.steps[-1].figures["backup_id"]].verified_at
+    daemon = start_daemon()
+    daemon.wait_healthy()
+    wait_for(lambda: daemon.value("fac_backup_last_verified_backup_timestamp_seconds")
+             == datetime.fromisoformat(proved.started_at).timestamp(), 10, "the gauge to show the recorded drill")
 
 
 def test_one_off_run_shows_in_the_daemons_last_success_gauge(sample_db, start_daemon):

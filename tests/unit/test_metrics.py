@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry
 
 from service import jobs
@@ -94,3 +96,22 @@ def test_database_versions_follow_each_binding_and_drop_the_old_series():
     assert value(metrics, info, binding="fac-db", server_version="15.20", client_version="15.20") == 1
     assert value(metrics, info, binding="fac-snapshot-db", server_version="18.3", client_version="none") == 1
     assert value(metrics, info, binding="fac-snapshot-db", server_version="15.20", client_version="15.20") is None
+
+
+def test_drills_recorded_in_the_bucket_set_the_verified_gauge_which_never_goes_back():
+    """After a restart the newest backup with a drill's record (verified.json) sets the gauge; a drill
+    of an older backup, in the bucket or in this process, does not move it back."""
+    metrics = make_metrics()
+    older = backup("daily-01-01", "daily_backup", "2026-01-01T03:00:00-08:00")
+    newer = backup("daily-01-02", "daily_backup", "2026-01-02T03:00:00-08:00")
+    unproved = backup("daily-01-03", "daily_backup", "2026-01-03T03:00:00-08:00")
+    metrics.observe_backups([dataclasses.replace(older, verified_at="2026-01-05T00:00:00+00:00"),
+                             dataclasses.replace(newer, verified_at="2026-01-06T00:00:00+00:00"), unproved], 1.0)
+    gauge = "fac_backup_last_verified_backup_timestamp_seconds"
+    assert value(metrics, gauge) == parse_timestamp("2026-01-02T03:00:00-08:00")
+    metrics.observe_steps([jobs.StepResult("verify_backup", "success", 1.0,
+                                           {"backup_started_at": "2026-01-01T03:00:00-08:00"})])
+    assert value(metrics, gauge) == parse_timestamp("2026-01-02T03:00:00-08:00")
+    metrics.observe_steps([jobs.StepResult("verify_backup", "success", 1.0,
+                                           {"backup_started_at": "2026-01-03T03:00:00-08:00"})])
+    assert value(metrics, gauge) == parse_timestamp("2026-01-03T03:00:00-08:00")
