@@ -256,6 +256,12 @@ def check_dump_client(settings, db) -> Client:
     return choose_dump_client(installed_clients(settings), major, text, db.name)
 
 
+def archive_reader(settings, manifest) -> str:
+    """The pg_restore that lists the archives of a backup (`manifest` None: a legacy backup)."""
+    return choose_reader(installed_clients(settings),
+                         manifest.pg_dump_version if manifest else None).program("pg_restore")
+
+
 def read_versions(config, log=None) -> dict[str, tuple[str, str]]:
     """binding name -> (server version, client version or "none") for every bound database, for
     fac_backup_database_version_info. A binding that cannot be reached is left out (and logged)."""

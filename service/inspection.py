@@ -116,10 +116,7 @@ def verify_backup_command(backup_id: str) -> int:
     found = find_backup(store, backup_id)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     report = verify_backup(store, found, parallel=config.settings.parallel,
-                           pg_restore=clients.choose_reader(
-                               clients.installed_clients(config.settings),
-                               found.manifest.pg_dump_version if found.manifest else None).program("pg_restore"),
-                           env=env)
+                           pg_restore=clients.archive_reader(config.settings, found.manifest), env=env)
     checks = "size and sha256 match the manifest" if report["checksums"] else \
         "no checksums to compare (legacy backup: presence and readability only)"
     print(f"backup {found.id}: OK, {report['objects']} objects, {report['bytes']:,} bytes; {checks}; "

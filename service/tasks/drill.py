@@ -113,10 +113,7 @@ def verify_backup_step(ctx) -> dict:
                         items=tables if rehearse else None)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}  # `--list` needs no server
     figures = verify_backup(store, found, parallel=settings.parallel,
-                            pg_restore=clients.choose_reader(
-                                clients.installed_clients(settings),
-                                found.manifest.pg_dump_version if found.manifest else None).program("pg_restore"),
-                            env=env, scope=ctx.scope)
+                            pg_restore=clients.archive_reader(settings, found.manifest), env=env, scope=ctx.scope)
     ctx.log.info("drill.verified", backup_id=found.id, objects=figures["objects"], bytes=figures["bytes"])
     figures["restored_tables"] = 0
     if ctx.config.restore_test_db is not None:
