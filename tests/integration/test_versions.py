@@ -169,14 +169,19 @@ def load_sample_on(conn, stand_in_uuid: bool = False, **sizes) -> None:
         sample_data.FAC_OBJECTS_SQL = original
 
 
+def backed_up_sample(box) -> tuple[dict, catalog.Manifest]:
+    """The sample loaded into `box`'s fac-db, its fingerprint, and the manifest of a backup of it."""
+    load_sample(box)
+    with box.connect() as conn:
+        before = fingerprint(conn)
+    result = box.run("db_to_s3")
+    assert result.outcome == "success", result.error
+    return before, catalog.read_manifest(box.store(), result.steps[-1].figures["backup_id"])
+
+
 def test_backup_and_s3_restore_round_trip_on_18(box18):
     """On an 18 fac-db the backup is made by pg_dump 18 (recorded), and s3_restore brings it back exactly."""
-    load_sample(box18)
-    with box18.connect() as conn:
-        before = fingerprint(conn)
-    result = box18.run("db_to_s3")
-    assert result.outcome == "success", result.error
-    manifest = catalog.read_manifest(box18.store(), result.steps[-1].figures["backup_id"])
+    before, manifest = backed_up_sample(box18)
     assert manifest.server_version.startswith("18.") and manifest.pg_dump_version.startswith("18.")
     assert manifest.compression_spec == "gzip:1"
     shown = box18.cli("show", manifest.id)
@@ -195,12 +200,7 @@ def test_backup_and_s3_restore_round_trip_on_18(box18):
 def test_15_round_trip_with_the_18_client_installed_uses_15s_programs(box15):
     """Beside an installed 18 client, a 15 fac-db is backed up by pg_dump 15 and restored exactly
     (pg_restore 18 would send SET transaction_timeout, which 15 rejects)."""
-    load_sample(box15)
-    with box15.connect() as conn:
-        before = fingerprint(conn)
-    result = box15.run("db_to_s3")
-    assert result.outcome == "success", result.error
-    manifest = catalog.read_manifest(box15.store(), result.steps[-1].figures["backup_id"])
+    before, manifest = backed_up_sample(box15)
     assert manifest.pg_dump_version.startswith("15.")
     with box15.connect() as conn:
         conn.execute("DELETE FROM public.lookup_00")
