@@ -81,7 +81,8 @@ def fill_bucket(env: BenchEnv, bucket: str, count: int) -> int:
         for key, size in sizes.items():
             backend.put_object(bucket, key, random.Random(f"{SEED}:{key}").randbytes(size))
         return sum(sizes.values())
-    store = S3ObjectStore(BucketBinding("bench", bucket, "us-gov-west-1", env.s3.endpoint_url, "testing", "testing"))
+    key_id, secret = env.s3.bucket_key((bucket,))  # the server checks every request's key
+    store = S3ObjectStore(BucketBinding("bench", bucket, "us-gov-west-1", env.s3.endpoint_url, key_id, secret))
 
     def put(key: str) -> None:
         store.put_bytes(key, random.Random(f"{SEED}:{key}").randbytes(sizes[key]))
