@@ -36,6 +36,7 @@ from service import clients, copier, privileges
 from service.commands import RunningCommand, run_command
 from service.database import connect, export_snapshot, list_user_tables, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
+from service.loader import build_lock_timeout_sql
 from service.log import scrub
 from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command
 from service.refresh_record import RefreshRecord, write_refresh_record
@@ -197,8 +198,7 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
             # Sessions of the application (or anyone reading the snapshot) may hold locks the DROP
             # needs: give up after the restore's lock wait rather than queue everyone behind us.
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(f"{int(settings.restore_lock_wait_seconds)}s")))
+            conn.execute(build_lock_timeout_sql(settings.restore_lock_wait_seconds))
             dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
             if dropped:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
