@@ -40,7 +40,6 @@ from service.pgtools import parse_program_version
 
 DEFAULT_ROOT = "/usr/lib/postgresql"
 PROGRAMS = ("pg_dump", "pg_restore", "psql")
-COMPRESSION_METHODS = ("gzip", "lz4", "zstd", "none")
 
 
 @dataclass(frozen=True, order=True)
