@@ -8,14 +8,17 @@ service.finder resolves the id an operator typed on top of this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from service import layout
 from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError
-from service.storage import ObjectStore
+from service.storage import ObjectInfo, ObjectStore
 
 FORMAT_VERSION = 1
+# What this service writes beside the table dumps; the old tool wrote none of them.
+OWN_FILES = frozenset({layout.MANIFEST_NAME, layout.SCHEMA_NAME, layout.PRIVILEGES_NAME})
 
 
 @dataclass(frozen=True)
@@ -117,43 +120,67 @@ def read_manifest(store: ObjectStore, backup_id: str) -> Manifest:
     return Manifest.from_json(raw, backup_id)
 
 
-def list_backups(store: ObjectStore) -> list[BackupSummary]:
-    """Every backup under `backups/`, complete or not, oldest first by start time or id."""
-    by_id: dict[str, list] = {}
-    for obj in store.list_objects(layout.BACKUPS_PREFIX):
-        rest = obj.key[len(layout.BACKUPS_PREFIX):]
-        if "/" not in rest or obj.key.startswith(layout.MEDIA_VERSIONS_PREFIX):
-            continue
-        parts = rest.split("/")
-        # The old tool also wrote `backups/<operation>/<stamp>/<dump>`; our ids never hold a '/'.
-        backup_id = "/".join(parts[:2]) if len(parts) == 3 and layout.is_dump_key(obj.key) else parts[0]
-        by_id.setdefault(backup_id, []).append(obj)
-    summaries = []
-    for backup_id, objects in by_id.items():
-        if any(o.key == layout.manifest_key(backup_id) for o in objects):
-            try:
-                m = read_manifest(store, backup_id)
-            except (IntegrityError, BackupNotFoundError):
-                m = None
-            if m is not None:
-                verified = next((o.last_modified for o in objects
-                                 if o.key == layout.verified_key(backup_id) and o.last_modified), None)
-                summaries.append(
-                    BackupSummary(backup_id, True, m.job, m.started_at, m.finished_at, len(m.tables),
-                                  m.total_bytes, m, verified_at=verified.isoformat() if verified else "")
-                )
-                continue
-        dumps = [o for o in objects if layout.is_dump_key(o.key)]
-        legacy = bool(dumps) and not any(o.key.endswith("/" + layout.SCHEMA_NAME) for o in objects)
-        # The old tool's ISO stamp says when its backup started; otherwise the first upload does.
-        started = (layout.legacy_stamp_time(backup_id) if legacy else None) or \
-            min((o.last_modified for o in objects if o.last_modified), default=None)
-        summaries.append(
-            BackupSummary(
-                backup_id, False, "", started.isoformat() if started else "", "",
-                len(dumps), sum(o.size for o in objects), legacy=legacy,
-            )
-        )
+def backup_id_of(key: str) -> str | None:
+    """The backup a key belongs to, as `list` prints its id; None for a key of no backup (outside
+    `backups/`, directly under it, or a kept media version). `list`, `show`, `verify` and every
+    restore group keys through here, so they all see the same backups."""
+    if not key.startswith(layout.BACKUPS_PREFIX) or key.startswith(layout.MEDIA_VERSIONS_PREFIX):
+        return None
+    parts = key[len(layout.BACKUPS_PREFIX):].split("/")
+    if len(parts) < 2:
+        return None
+    # The old tool also wrote `backups/<operation>/<stamp>/<dump>`; our ids never hold a '/'.
+    return "/".join(parts[:2]) if len(parts) == 3 and layout.is_dump_key(key) else parts[0]
+
+
+def group_backups(objects: Iterable[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
+    """Objects grouped by the backup they belong to (backup_id_of); the others are left out."""
+    by_id: dict[str, list[ObjectInfo]] = {}
+    for obj in objects:
+        backup_id = backup_id_of(obj.key)
+        if backup_id is not None:
+            by_id.setdefault(backup_id, []).append(obj)
+    return by_id
+
+
+def legacy_dumps(backup_id: str, objects: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+    """The old tool's `<schema>-<table>.dump` objects directly under the backup's prefix; none
+    unless it is a legacy backup, which holds none of this service's own files (a manifest,
+    schema.dump, privileges.json): a run of ours that died halfway is incomplete, not legacy."""
+    prefix = layout.backup_prefix(backup_id)
+    direct = {o.key[len(prefix):]: o for o in objects
+              if o.key.startswith(prefix) and "/" not in o.key[len(prefix):]}
+    if direct.keys() & OWN_FILES:
+        return []
+    return [o for name, o in sorted(direct.items()) if layout.is_dump_key(name) and "-" in name]
+
+
+def summarize_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo]) -> BackupSummary:
+    """One backup as `list` shows it: complete (a readable manifest), legacy, or incomplete."""
+    if any(o.key == layout.manifest_key(backup_id) for o in objects):
+        try:
+            m = read_manifest(store, backup_id)
+        except (IntegrityError, BackupNotFoundError):
+            m = None
+        if m is not None:
+            verified = next((o.last_modified for o in objects
+                             if o.key == layout.verified_key(backup_id) and o.last_modified), None)
+            return BackupSummary(backup_id, True, m.job, m.started_at, m.finished_at, len(m.tables),
+                                 m.total_bytes, m, verified_at=verified.isoformat() if verified else "")
+    legacy = legacy_dumps(backup_id, objects)
+    dumps = [o for o in objects if layout.is_dump_key(o.key)]
+    # The old tool's ISO stamp says when its backup started; otherwise the first upload does.
+    started = (layout.legacy_stamp_time(backup_id) if legacy else None) or \
+        min((o.last_modified for o in objects if o.last_modified), default=None)
+    return BackupSummary(backup_id, False, "", started.isoformat() if started else "", "",
+                         len(legacy or dumps), sum(o.size for o in objects), legacy=bool(legacy))
+
+
+def list_backups(store: ObjectStore, under: str = "") -> list[BackupSummary]:
+    """Every backup under `backups/` (with `under`, those whose ids start so), complete or not,
+    oldest first by start time or id."""
+    groups = group_backups(store.list_objects(layout.BACKUPS_PREFIX + under))
+    summaries = [summarize_backup(store, backup_id, objects) for backup_id, objects in groups.items()]
     return sorted(summaries, key=lambda s: (s.started_at or "", s.id))
 
 

@@ -103,6 +103,17 @@ class BackupNotFoundError(ServiceError):
     """No backup matches the id the operator gave."""
 
 
+class AmbiguousBackupError(BackupNotFoundError):
+    """The id given is no backup's own and could mean several (a suffix left off, a stamp cut
+    short): nothing was chosen, so nothing was touched. `candidates` are what `list` shows of them."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, candidates: tuple = (), detail: str = "", hint: str = "") -> None:
+        super().__init__(message, detail=detail, hint=hint)
+        self.candidates = tuple(candidates)
+
+
 class IntegrityError(ServiceError):
     """A backup's objects do not match its manifest (missing, resized, altered)."""
 

@@ -1,29 +1,39 @@
 """Find the backup an operator means by the id they typed.
 
-- A complete backup is one with a manifest. Ids repeat: `scheduled-06-04-10`
-  comes back every year and a taken id gets `-2`, `-3` (catalog.allocate_backup_id),
-  so an id in one of the layout.ID_FORMATS forms also matches its suffixed
-  siblings; several matches -> the newest, and the caller says so.
-- A legacy backup (written by the old tool) is a prefix holding
-  `<schema>-<table>.dump` objects and neither a manifest nor `schema.dump`:
-  `backups/<id>/` or the nested `backups/<operation>/<stamp>/` (layout names
-  the stamps), typed as `list` prints it, `<operation>/<stamp>`, or as
-  `<operation>-<stamp>`. Typed with the '/', a stamp may be cut short
-  (`scheduled/2026-06-25T09:03`, `scheduled/2026-06-25`): it matches when
-  exactly one legacy backup starts so, and names the candidates when several do.
-- Anything else is not found, and the error lists the nearest complete backups
-  and, when the bucket holds any, the old tool's.
+The id names a backup exactly when `list` prints it (catalog.summarize_backup
+decides complete, legacy or incomplete, for both): then it means that backup
+and no other, in every command and job. A complete one has a manifest; an
+incomplete one is refused as such. A legacy backup (the old tool's) is a prefix
+of `<schema>-<table>.dump` objects and none of this service's own files:
+`backups/<id>/` or the nested `backups/<operation>/<stamp>/` (layout names
+the stamps), which `list` prints as `<operation>/<stamp>`.
+
+A typed id that is no backup's own may stand for others (its candidates):
+- with an allocation suffix left off: `scheduled-06-04-10` for
+  `scheduled-06-04-10-2` (catalog.allocate_backup_id suffixes a taken id; only
+  for ids in one of the layout.ID_FORMATS forms, so `daily-06` never means
+  `daily-06-04`);
+- a nested legacy id typed with '-': `scheduled-06-04-10` for
+  `scheduled/06-04-10`, `scheduled-2026-06-25T09:03:26-0400` likewise;
+- a stamp cut short after the '/': `scheduled/2026-06-25T09:03`,
+  `scheduled/2026-06-25`.
+One candidate is what the id means (FoundBackup.typed_as says how it was
+typed); several are refused (AmbiguousBackupError, exit 3), naming each with
+its time, so that nothing is chosen behind the operator's back. An exact id
+wins over every candidate; FoundBackup.others names them, for the log and `show`.
+Anything else is not found, and the error lists the nearest complete backups
+and, when the bucket holds any, the old tool's.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from service import catalog, layout
-from service.errors import BackupNotFoundError, IntegrityError
+from service.errors import AmbiguousBackupError, BackupNotFoundError
 from service.storage import ObjectInfo, ObjectStore
 
 NEAREST = 5
@@ -51,23 +61,110 @@ class FoundBackup:
     prefix: str
     manifest: catalog.Manifest | None = None
     legacy_tables: tuple[LegacyTable, ...] = ()
-    matched: tuple[str, ...] = field(default_factory=tuple)  # every complete id the typed one matched
+    typed_as: str = ""  # the id as typed, when it was not this backup's own (its only candidate)
+    others: tuple[str, ...] = ()  # restorable backups the typed id could also have stood for; not chosen
 
     @property
     def legacy(self) -> bool:
         return self.manifest is None
 
 
-def _started(manifest: catalog.Manifest) -> datetime:
-    try:
-        return datetime.fromisoformat(manifest.started_at)
-    except ValueError:
-        return datetime.min
+def legacy_tables(backup_id: str, objects: list[ObjectInfo]) -> tuple[LegacyTable, ...]:
+    """The tables of a legacy backup (catalog.legacy_dumps), from their keys.
+
+    The old tool backed up only `public`, whose name holds no '-': split at the first one.
+    """
+    prefix = layout.backup_prefix(backup_id)
+    found = []
+    for obj in catalog.legacy_dumps(backup_id, objects):
+        schema, table = obj.key[len(prefix): -len(".dump")].split("-", 1)
+        found.append(LegacyTable(schema, table, obj.key, obj.size))
+    return tuple(sorted(found, key=lambda t: (t.schema, t.table)))
 
 
-def _sibling_pattern(typed: str) -> re.Pattern | None:
-    """`typed` plus an allocation suffix, only for ids in a known format (so `daily-06`
-    never matches `daily-06-04`)."""
+def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
+    """Resolve an operator-typed id (see the module docstring): BackupNotFoundError listing the
+    nearest when nothing fits, AmbiguousBackupError naming the candidates when several do."""
+    wanted = typed.strip().strip("/")
+    if wanted.startswith(layout.BACKUPS_PREFIX):
+        wanted = wanted[len(layout.BACKUPS_PREFIX):]
+    listings = _listings(wanted)
+    if listings is None:
+        if "/" in wanted:
+            raise _not_found(store, typed)
+        raise BackupNotFoundError(f"{typed!r} is not a backup id",
+                                  hint="backup ids look like scheduled-06-04-10 or daily-06-04")
+    groups: dict[str, list[ObjectInfo]] = {}
+    for under in listings:
+        groups.update(catalog.group_backups(store.list_objects(layout.BACKUPS_PREFIX + under)))
+    summaries = {backup_id: catalog.summarize_backup(store, backup_id, objects)
+                 for backup_id, objects in groups.items()}
+    could_mean = _could_mean(wanted)
+    candidates = sorted((s for s in summaries.values() if s.id != wanted and could_mean(s.id)),
+                        key=lambda s: (s.started_at, s.id))
+    usable = [s for s in candidates if s.complete or s.legacy]
+    exact = summaries.get(wanted)
+    if exact is not None and (exact.complete or exact.legacy):
+        return _found(exact, groups[wanted], others=tuple(s.id for s in usable))
+    if exact is None and len(usable) == 1:
+        return _found(usable[0], groups[usable[0].id], typed_as=wanted)
+    if exact is None and len(usable) > 1:
+        raise AmbiguousBackupError(
+            f"{typed!r} is not itself a backup and could mean {len(usable)} backups; nothing was chosen",
+            candidates=tuple(usable), detail="candidates:\n" + "\n".join(describe_candidate(s) for s in usable),
+            hint="nothing was touched; pass one of these ids exactly as 'python -m service list' prints it")
+    if exact is not None or candidates:
+        what = f"backup {wanted} is incomplete: it has no manifest, so it cannot be trusted" if exact is not None else \
+            f"{typed!r} matches only incomplete backups ({', '.join(s.id for s in candidates)}): " \
+            "they have no manifest, so they cannot be trusted"
+        also = "".join(f"another backup this id could stand for:\n{describe_candidate(s)}\n" for s in usable)
+        raise BackupNotFoundError(
+            what,
+            detail=also + _nearest_detail(store, wanted),
+            hint="choose a complete backup ('python -m service list')",
+        )
+    raise _not_found(store, typed)
+
+
+def describe_candidate(summary: catalog.BackupSummary) -> str:
+    """One line naming a backup, its kind of backup and when it started."""
+    state = "complete" if summary.complete else "legacy (old tool)" if summary.legacy else "incomplete"
+    return f"  {summary.id}   {state}, started {summary.started_at or 'at an unknown time'}"
+
+
+def _nested_form(wanted: str) -> str | None:
+    """`scheduled-06-04-10` -> `scheduled/06-04-10`: a nested legacy id typed with a '-'."""
+    kind = layout.id_kind(wanted)
+    if kind is None:
+        return None
+    stamp = wanted[len(kind) + 1:]
+    return f"{kind}/{stamp}" if layout.is_valid_legacy_part(stamp) else None
+
+
+def _listings(wanted: str) -> list[str] | None:
+    """What to list under `backups/` to see `wanted` and every candidate; None for no id at all."""
+    if "/" in wanted:
+        parts = wanted.split("/")
+        ok = len(parts) == 2 and all(layout.is_valid_legacy_part(p) for p in parts)
+        return [wanted] if ok else None  # a plain prefix: cut-short stamps are candidates too
+    nested = _nested_form(wanted)
+    listings = [wanted] if layout.is_valid_backup_id(wanted) else []  # the id and its suffixed siblings
+    if nested is not None:
+        listings.append(nested + "/")
+    return listings or None
+
+
+def _could_mean(wanted: str):
+    """Whether a listed id is a candidate of `wanted` (see the module docstring)."""
+    if "/" in wanted:
+        return lambda backup_id: "/" in backup_id and backup_id.startswith(wanted)
+    nested = _nested_form(wanted)
+    suffixed = _suffixed_pattern(wanted)
+    return lambda backup_id: backup_id == nested or bool(suffixed and suffixed.fullmatch(backup_id))
+
+
+def _suffixed_pattern(typed: str) -> re.Pattern | None:
+    """`typed` with an allocation suffix, only for ids in a known format."""
     kind = layout.id_kind(typed)
     if kind is None:
         return None
@@ -75,114 +172,24 @@ def _sibling_pattern(typed: str) -> re.Pattern | None:
         datetime.strptime(typed, layout.ID_FORMATS[kind])
     except ValueError:
         return None
-    return re.compile(re.escape(typed) + r"(-[2-9]|-[1-9][0-9]+)?")
+    return re.compile(re.escape(typed) + r"-([2-9]|[1-9][0-9]+)")
 
 
-def _group(objects: list[ObjectInfo], base: str) -> dict[str, list[ObjectInfo]]:
-    """Objects under `base` grouped by the first path component after it."""
-    groups: dict[str, list[ObjectInfo]] = {}
-    for obj in objects:
-        rest = obj.key[len(base):]
-        if "/" in rest:
-            groups.setdefault(rest.split("/", 1)[0], []).append(obj)
-    return groups
+def _found(summary: catalog.BackupSummary, objects: list[ObjectInfo], *, typed_as: str = "",
+           others: tuple[str, ...] = ()) -> FoundBackup:
+    prefix = layout.backup_prefix(summary.id)
+    if summary.complete:
+        return FoundBackup(summary.id, prefix, summary.manifest, typed_as=typed_as, others=others)
+    return FoundBackup(summary.id, prefix, None, legacy_tables(summary.id, objects), typed_as=typed_as,
+                       others=others)
 
 
-def legacy_tables(objects: list[ObjectInfo], prefix: str) -> tuple[LegacyTable, ...]:
-    """The `<schema>-<table>.dump` objects directly under `prefix`.
-
-    The old tool backed up only `public`, whose name holds no '-': split at the first one.
-    """
-    found = []
-    for obj in objects:
-        name = obj.key[len(prefix):]
-        if "/" in name or not layout.is_dump_key(name) or "-" not in name:
-            continue
-        schema, table = name[: -len(".dump")].split("-", 1)
-        found.append(LegacyTable(schema, table, obj.key, obj.size))
-    return tuple(sorted(found, key=lambda t: (t.schema, t.table)))
-
-
-def is_legacy_prefix(objects: list[ObjectInfo], prefix: str) -> bool:
-    names = {o.key[len(prefix):] for o in objects}
-    return (not names & {layout.MANIFEST_NAME, layout.SCHEMA_NAME, layout.PRIVILEGES_NAME}
-            and bool(legacy_tables(objects, prefix)))
-
-
-def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
-    """Resolve an operator-typed id; BackupNotFoundError (listing the nearest) if nothing fits."""
-    wanted = typed.strip().strip("/")
-    if wanted.startswith(layout.BACKUPS_PREFIX):
-        wanted = wanted[len(layout.BACKUPS_PREFIX):]
-    if "/" in wanted:
-        found = _find_legacy(store, wanted, typed, prefix_match=True)
-        if found is not None:
-            return found
-        raise _not_found(store, typed)
-    kind = layout.id_kind(wanted)
-    if not layout.is_valid_backup_id(wanted):
-        # `<operation>-<ISO stamp>`: the nested legacy form typed with a '-' (its ':' is no id of ours)
-        found = _find_legacy(store, f"{kind}/{wanted[len(kind) + 1:]}", typed, prefix_match=False) \
-            if kind is not None else None
-        if found is not None:
-            return found
-        raise BackupNotFoundError(f"{typed!r} is not a backup id",
-                                  hint="backup ids look like scheduled-06-04-10 or daily-06-04")
-    groups = _group(list(store.list_objects(layout.BACKUPS_PREFIX + wanted)), layout.BACKUPS_PREFIX)
-    pattern = _sibling_pattern(wanted)
-    candidates = [i for i in groups if i == wanted or (pattern is not None and pattern.fullmatch(i))]
-    manifests = []
-    for backup_id in candidates:
-        if any(o.key == layout.manifest_key(backup_id) for o in groups[backup_id]):
-            try:
-                manifests.append(catalog.read_manifest(store, backup_id))
-            except (IntegrityError, BackupNotFoundError):
-                continue  # an unreadable manifest is an incomplete backup
-    if manifests:
-        newest = max(manifests, key=lambda m: (_started(m), m.id))
-        return FoundBackup(newest.id, layout.backup_prefix(newest.id), newest,
-                           matched=tuple(sorted(m.id for m in manifests)))
-    if wanted in groups and is_legacy_prefix(groups[wanted], layout.backup_prefix(wanted)):
-        prefix = layout.backup_prefix(wanted)
-        return FoundBackup(wanted, prefix, None, legacy_tables(groups[wanted], prefix))
-    if kind is not None:
-        found = _find_legacy(store, f"{kind}/{wanted[len(kind) + 1:]}", typed, prefix_match=False)
-        if found is not None:
-            return found
-    if candidates:
-        raise BackupNotFoundError(
-            f"backup {wanted} is incomplete: it has no manifest, so it cannot be trusted",
-            detail=_nearest_detail(store, wanted),
-            hint="choose a complete backup ('python -m service list')",
-        )
-    raise _not_found(store, typed)
-
-
-def _find_legacy(store: ObjectStore, path: str, typed: str, *, prefix_match: bool) -> FoundBackup | None:
-    """The nested legacy backup `<operation>/<stamp>`; with `prefix_match` also the only one whose
-    stamp starts with the typed one (BackupNotFoundError naming them when several do)."""
-    parts = path.split("/")
-    if len(parts) != 2 or not all(layout.is_valid_legacy_part(p) for p in parts):
-        return None
-    operation, stamp = parts
-    base = f"{layout.BACKUPS_PREFIX}{operation}/"
-    groups = _group(list(store.list_objects(base + (stamp if prefix_match else stamp + "/"))), base)
-    legacy = sorted(s for s, objects in groups.items()
-                    if (s == stamp or prefix_match) and is_legacy_prefix(objects, f"{base}{s}/"))
-    if stamp in legacy:
-        legacy = [stamp]  # typed in full: never ambiguous
-    if len(legacy) > 1:
-        shown = ", ".join(f"{operation}/{s}" for s in legacy[:NEAREST])
-        more = f" and {len(legacy) - NEAREST} more" if len(legacy) > NEAREST else ""
-        raise BackupNotFoundError(
-            f"{typed!r} matches {len(legacy)} legacy backups; nothing was chosen",
-            detail=f"candidates: {shown}{more}",
-            hint="type more of the id, as 'python -m service list' prints it",
-        )
-    if not legacy:
-        return None
-    prefix = f"{base}{legacy[0]}/"
-    return FoundBackup(f"{operation}/{legacy[0]}", prefix, None, legacy_tables(groups[legacy[0]], prefix))
+def resolution(found: FoundBackup, typed: str) -> dict:
+    """Fields of a `<step>.id_resolved` warning: what was typed, what it means and what it does not;
+    empty when the typed id is the backup's own and no other backup answers to it."""
+    if not found.typed_as and not found.others:
+        return {}
+    return {"typed": typed, "chosen": found.id, "exact": not found.typed_as, "not_chosen": list(found.others)}
 
 
 def nearest_complete(store: ObjectStore, typed: str, n: int = NEAREST, *,

@@ -30,16 +30,28 @@ def _open_backups():
 
 
 def describe(found: FoundBackup) -> dict:
-    """A backup as data: the manifest, or what a legacy prefix holds."""
+    """A backup as data: the manifest, or what a legacy prefix holds; and how the typed id
+    resolved (`typed_as` when it was not the backup's own, `others` it did not choose)."""
+    resolved = {"typed_as": found.typed_as, "others": list(found.others)}
     if found.manifest is not None:
         data = json.loads(found.manifest.to_json())
-        data.update(legacy=False, matched=list(found.matched),
-                    total_rows=found.manifest.total_rows, total_bytes=found.manifest.total_bytes)
+        data.update(legacy=False, total_rows=found.manifest.total_rows, total_bytes=found.manifest.total_bytes,
+                    **resolved)
         return data
     return {"id": found.id, "legacy": True, "prefix": found.prefix,
             "tables": [{"schema": t.schema, "table": t.table, "key": t.key, "bytes": t.bytes}
                        for t in found.legacy_tables],
-            "total_bytes": sum(t.bytes for t in found.legacy_tables)}
+            "total_bytes": sum(t.bytes for t in found.legacy_tables), **resolved}
+
+
+def resolution_lines(found: FoundBackup) -> list[str]:
+    """How the typed id resolved, when there is more to say than the id itself."""
+    lines = []
+    if found.typed_as:
+        lines.append(f"typed as {found.typed_as}: the only backup that id can mean")
+    if found.others:
+        lines.append(f"not {', '.join(found.others)} (type an id exactly as 'list' prints it to choose it)")
+    return lines
 
 
 def describe_media(store, found: FoundBackup) -> dict:
@@ -80,10 +92,14 @@ def show_backup(backup_id: str, as_json: bool) -> int:
         return 0
     if found.legacy:
         print(f"backup {found.id}: LEGACY (written by the old tool; no manifest, no checksums, no row counts)")
+        for line in resolution_lines(found):
+            print(f"           {line}")
         print(f"prefix     {found.prefix}")
     else:
         m = found.manifest
-        print(f"backup     {m.id}" + (f"   (newest of: {', '.join(found.matched)})" if len(found.matched) > 1 else ""))
+        print(f"backup     {m.id}")
+        for line in resolution_lines(found):
+            print(f"           {line}")
         print(f"job        {m.job}")
         print(f"started    {m.started_at}")
         print(f"finished   {m.finished_at}")
@@ -121,4 +137,6 @@ def verify_backup_command(backup_id: str) -> int:
         "no checksums to compare (legacy backup: presence and readability only)"
     print(f"backup {found.id}: OK, {report['objects']} objects, {report['bytes']:,} bytes; {checks}; "
           "every dump readable by pg_restore --list")
+    for line in resolution_lines(found):
+        print(f"  {line}")
     return 0

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from service import catalog, clients, layout, progress
 from service.errors import BackupNotFoundError, ObjectNotFoundError, RestoreError, SafetyError, ServiceError
-from service.finder import FoundBackup, find_backup
+from service.finder import FoundBackup, find_backup, resolution
 from service.loader import Session
 from service.pgtools import INHERITED_ENV, build_pg_env, build_psql_command
 from service.storage import ObjectStore
@@ -57,8 +57,8 @@ def choose_backup(store: ObjectStore, args: tuple[str, ...], log) -> FoundBackup
     if not args:
         return newest_complete(store)
     found = find_backup(store, args[0])
-    if len(found.matched) > 1:
-        log.warning("drill.several_matched", typed=args[0], chosen=found.id, matched=list(found.matched))
+    if resolved := resolution(found, args[0]):
+        log.warning("drill.id_resolved", **resolved)
     return found
 
 

@@ -30,7 +30,7 @@ import time
 from service import clients, kinds, layout, privileges, progress
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import IntegrityError, JobAbortedError, RestoreError, ServiceError
-from service.finder import FoundBackup, find_backup
+from service.finder import FoundBackup, find_backup, resolution
 from service.loader import (
     Session,
     build_count_check_sql,
@@ -103,9 +103,9 @@ def restore_from_s3(ctx) -> dict:
     store = ctx.backups_store()
     started = time.monotonic()
     legacy_plan = None
-    found = find_backup(store, ctx.args[0])
-    if len(found.matched) > 1:
-        ctx.log.warning("restore.several_matched", typed=ctx.args[0], chosen=found.id, matched=list(found.matched))
+    found = find_backup(store, ctx.args[0])  # several candidates: refused here, before anything is touched
+    if resolved := resolution(found, ctx.args[0]):
+        ctx.log.warning("restore.id_resolved", **resolved)
     # Both ends before anything: the restore's programs, and the pre-restore backup's pg_dump.
     programs = choose_programs(ctx, found, target)
     clients.check_dump_client(settings, target)

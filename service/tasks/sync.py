@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from service import layout
 from service.commands import CancelScope
 from service.errors import ServiceError, SyncError
-from service.finder import find_backup
+from service.finder import find_backup, resolution
 from service.media_versions import MomentPlan, read_moment, write_media_state
 from service.storage import MAX_COPY_OBJECT_SIZE, ObjectInfo, ObjectStore
 from service.tasks.sync_copy import Copier, head_or_none
@@ -348,6 +348,8 @@ def sync_media_back(ctx) -> dict:
     found = ctx.restored  # what the s3_restore step restored (None after db_restore)
     if ctx.job == "media_restore":  # the step alone, e.g. after it failed in an s3_restore
         found = find_backup(store, ctx.args[0])
+        if resolved := resolution(found, ctx.args[0]):
+            ctx.log.warning("media_restore.id_resolved", **resolved)
     if found is None:
         return _run(ctx, store, ctx.media_store())
     ctx.log.info("media_restore.keeping_current_media", pre_restore_backup=ctx.backup_id or "")
