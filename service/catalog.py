@@ -176,10 +176,9 @@ def summarize_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInf
                          len(legacy or dumps), sum(o.size for o in objects), legacy=bool(legacy))
 
 
-def list_backups(store: ObjectStore, under: str = "") -> list[BackupSummary]:
-    """Every backup under `backups/` (with `under`, those whose ids start so), complete or not,
-    oldest first by start time or id."""
-    groups = group_backups(store.list_objects(layout.BACKUPS_PREFIX + under))
+def list_backups(store: ObjectStore) -> list[BackupSummary]:
+    """Every backup under `backups/`, complete or not, oldest first by start time or id."""
+    groups = group_backups(store.list_objects(layout.BACKUPS_PREFIX))
     summaries = [summarize_backup(store, backup_id, objects) for backup_id, objects in groups.items()]
     return sorted(summaries, key=lambda s: (s.started_at or "", s.id))
 

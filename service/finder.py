@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -113,16 +114,12 @@ def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
             f"{typed!r} is not itself a backup and could mean {len(usable)} backups; nothing was chosen",
             candidates=tuple(usable), detail="candidates:\n" + "\n".join(describe_candidate(s) for s in usable),
             hint="nothing was touched; pass one of these ids exactly as 'python -m service list' prints it")
-    if exact is not None or candidates:
-        what = f"backup {wanted} is incomplete: it has no manifest, so it cannot be trusted" if exact is not None else \
-            f"{typed!r} matches only incomplete backups ({', '.join(s.id for s in candidates)}): " \
-            "they have no manifest, so they cannot be trusted"
-        also = "".join(f"another backup this id could stand for:\n{describe_candidate(s)}\n" for s in usable)
-        raise BackupNotFoundError(
-            what,
-            detail=also + _nearest_detail(store, wanted),
-            hint="choose a complete backup ('python -m service list')",
-        )
+    if exact is not None:
+        raise _incomplete(store, wanted, f"backup {wanted} is incomplete: it has no manifest, "
+                          "so it cannot be trusted", usable)
+    if candidates:
+        raise _incomplete(store, wanted, f"{typed!r} matches only incomplete backups "
+                          f"({', '.join(s.id for s in candidates)}): they have no manifest, so they cannot be trusted")
     raise _not_found(store, typed)
 
 
@@ -230,6 +227,13 @@ def _nearest_detail(store: ObjectStore, typed: str) -> str:
     elif not complete:
         parts[0] = "the backups bucket holds no backup at all, complete or legacy"
     return "; ".join(parts)
+
+
+def _incomplete(store: ObjectStore, wanted: str, message: str,
+                usable: Sequence[catalog.BackupSummary] = ()) -> BackupNotFoundError:
+    also = "".join(f"another backup this id could stand for:\n{describe_candidate(s)}\n" for s in usable)
+    return BackupNotFoundError(message, detail=also + _nearest_detail(store, wanted),
+                               hint="choose a complete backup ('python -m service list')")
 
 
 def _not_found(store: ObjectStore, typed: str) -> BackupNotFoundError:

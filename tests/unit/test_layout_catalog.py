@@ -70,3 +70,14 @@ def test_a_taken_id_gets_a_distinct_one():
     assert catalog.allocate_backup_id(store, "daily-06-04") == "daily-06-04-2"
     store.put_bytes("backups/daily-06-04-2/public-t.dump", b"partial")
     assert catalog.allocate_backup_id(store, "daily-06-04") == "daily-06-04-3"
+
+
+def test_every_key_belongs_to_the_backup_list_prints():
+    """One grouping for list and find_backup: flat and nested ids, nothing for media or kept versions."""
+    assert catalog.backup_id_of("backups/scheduled-06-04-10-2/manifest.json") == "scheduled-06-04-10-2"
+    assert catalog.backup_id_of("backups/scheduled/06-04-10/public-t.dump") == "scheduled/06-04-10"
+    assert catalog.backup_id_of("backups/scheduled/2026-06-25T09:03:26-0400/public-t.dump") == \
+        "scheduled/2026-06-25T09:03:26-0400"
+    for key in ("backups/media-versions/a.pdf/20260101T000000.000000Z_20260101T000000Z", "excel/1.xlsx",
+                "backups/stray"):
+        assert catalog.backup_id_of(key) is None
