@@ -50,7 +50,7 @@ def resolution_lines(found: FoundBackup) -> list[str]:
     if found.typed_as:
         lines.append(f"typed as {found.typed_as}: the only backup that id can mean")
     if found.others:
-        lines.append(f"not {', '.join(found.others)} (type an id exactly as 'list' prints it to choose it)")
+        lines.append(f"not chosen: {', '.join(found.others)} (a similar id; pass it as 'list' prints it to choose it)")
     return lines
 
 
