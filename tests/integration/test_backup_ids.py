@@ -16,6 +16,7 @@ import json
 from datetime import datetime
 
 import pytest
+from structlog.testing import capture_logs
 
 from service import jobs
 from service.errors import AmbiguousBackupError
@@ -146,9 +147,14 @@ def test_every_id_list_prints_is_shown_verified_and_restored_as_that_backup(sand
     """
     box = sandbox
     expected = build_bucket(box, OLD_TOOL, OURS)
-    for typed in ("scheduled-12-01-09", "scheduled-12-01-09-2", "scheduled-06-04-10", "scheduled/06-04-10"):
+    not_chosen = {"scheduled-12-01-09": ["scheduled-12-01-09-2"], "scheduled-12-01-09-2": None,
+                  "scheduled-06-04-10": ["scheduled-06-04-10-2", "scheduled/06-04-10"], "scheduled/06-04-10": None}
+    for typed, others in not_chosen.items():
         before = content(box)
-        pre_restore = restore(box, typed)
+        with capture_logs() as logs:
+            pre_restore = restore(box, typed)
+        resolved = [e for e in logs if e["event"] == "restore.id_resolved"]
+        assert [sorted(e["not_chosen"]) for e in resolved] == ([others] if others else []), typed
         expected[pre_restore] = before[:2]
         label, rows, media = content(box)
         assert (label, rows) == expected[typed], typed
