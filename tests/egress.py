@@ -107,7 +107,21 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
             peers[s].sendall(data)
 
 
-class ForwardProxy:
+class _Served:
+    """A socketserver in `self.server`, serving on a thread between __enter__ and __exit__."""
+
+    server: socketserver.BaseServer
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ForwardProxy(_Served):
     """An authenticating forward proxy on 127.0.0.1; `log` holds one line per request."""
 
     def __init__(self, username: str, password: str, *, tls: ssl.SSLContext | None = None,
@@ -130,14 +144,6 @@ class ForwardProxy:
     def url(self, password: str | None = None) -> str:
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{self.username}:{self.password if password is None else password}@127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ForwardProxy:
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def lines(self) -> list[str]:
         with self._lock:
@@ -198,7 +204,7 @@ class ForwardProxy:
             _pump(conn, upstream)
 
 
-class WebhookReceiver:
+class WebhookReceiver(_Served):
     """Keeps each POST's (headers, JSON body); HTTPS when given a TLS context."""
 
     def __init__(self, tls: ssl.SSLContext | None = None, status: int = 200) -> None:
@@ -226,14 +232,6 @@ class WebhookReceiver:
 
     def url(self, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}/hook/secret-token"
-
-    def __enter__(self) -> WebhookReceiver:
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def received(self) -> list[tuple[dict, dict]]:
         found = []
