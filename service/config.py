@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from service.egress import Egress, read_egress
 from service.errors import ConfigError
+from service.mail import MailRelay, read_mail
 from service.retention import KEEP_LAST_FLOOR, MIN_DAYS_FLOOR, RetentionPolicy
 from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, database_binding, parse_vcap
 
@@ -68,6 +70,9 @@ class Config:
     restore_test_db: DatabaseBinding | None = None  # scratch database of the restore drill
     webhook_url: str | None = field(default=None, repr=False)  # a Slack webhook URL is a credential
     space: str | None = None  # cloud.gov space the app runs in (VCAP_APPLICATION), to say where a message came from
+    # Notifications from a restricted-egress space: the proxy they use, and the mail relay
+    egress: Egress = Egress()
+    mail: MailRelay | None = None
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for the log redactor."""
@@ -76,6 +81,7 @@ class Config:
             values.append(self.restore_test_db.password)
         for b in (self.media, self.backups):
             values += [b.secret_access_key, b.access_key_id]
+        values += self.egress.secrets()
         return tuple(v for v in values if v)
 
 
@@ -345,6 +351,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         )
     restore_test_db = read_restore_test_db(environ, bindings, (fac_db, snapshot_db), problems)
     webhook_url = read_webhook_url(environ, bindings, problems)
+    # Notifications from a restricted-egress space (service.egress, service.mail)
+    egress = read_egress(environ, bindings, problems)
+    mail = read_mail(environ, bindings, problems)
     if media and backups and media.bucket == backups.bucket:
         problems.append(
             f"the media binding {media.name!r} and the backups binding {backups.name!r} "
@@ -358,4 +367,4 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         )
     assert fac_db and snapshot_db and media and backups
     return Config(fac_db, snapshot_db, media, backups, settings, restore_test_db, webhook_url,
-                  read_space_name(environ))
+                  read_space_name(environ), egress=egress, mail=mail)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("success", "failure", "skipped", "aborted")
 SKIP_REASONS = ("lock_busy", "already_running", "missed")
+NOTIFY_CHANNELS = ("webhook", "email")  # fac_backup_notifications_total{channel}
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800, 14400)
 
 
@@ -117,8 +118,8 @@ class Metrics:
             "process or (read from the bucket's verified.json records) before it (0: none).", registry=r,
         )
         self.notifications = Counter(
-            "fac_backup_notifications", "Webhook notifications by outcome (sent, failed).", ["outcome"],
-            registry=r,
+            "fac_backup_notifications", "Notifications by channel (webhook, email) and outcome (sent, failed).",
+            ["outcome", "channel"], registry=r,
         )
         self.job_progress_bytes = Gauge(
             "fac_backup_job_progress_bytes",
@@ -154,7 +155,8 @@ class Metrics:
             self.prune_backups.labels(decision=decision).set(0)
             self.prune_bytes.labels(decision=decision).set(0)
         for outcome in ("sent", "failed"):
-            self.notifications.labels(outcome=outcome)
+            for channel in NOTIFY_CHANNELS:
+                self.notifications.labels(outcome=outcome, channel=channel)
         self.build_info = Gauge(
             "fac_backup_build_info", "Always 1; the labels tell the build.", ["version", "python"],
             registry=r,
@@ -235,9 +237,9 @@ class Metrics:
                 self.database_version.labels(binding=binding, server_version=labels[0],
                                              client_version=labels[1]).set(1)
 
-    def notification_finished(self, outcome: str) -> None:
-        """A webhook call ended: `sent` or `failed`."""
-        self.notifications.labels(outcome=outcome).inc()
+    def notification_finished(self, outcome: str, channel: str = "webhook") -> None:
+        """A notification ended on `channel` (webhook, email): `sent` or `failed`."""
+        self.notifications.labels(outcome=outcome, channel=channel).inc()
 
     def observe_backups(self, summaries, now: float) -> None:
         """Rebuild last-success and last-backup figures from complete manifests in the bucket."""

@@ -1,13 +1,25 @@
-"""Failure notifications: one webhook call when a job fails or is aborted, and one on recovery.
+"""Notifications to the team: a webhook call and an email when a job fails or is aborted, on
+recovery, and for every restore; and messages other parts of the service want the team to read.
+
+Two entry points:
+- `notify_job_end(config, result)`: jobs.run_job calls it once per run; it decides whether the
+  run is worth a message (below) and sends it.
+- `notify_team(config, job=, outcome=, text=)`: one message now, whatever happened before.
+
+Both deliver to every configured channel at once, each on its own thread, and wait at most
+TIMEOUT_SECONDS for all of them together: the webhook (FAC_BACKUP_WEBHOOK_URL or _SERVICE),
+through the proxy service.egress chooses, and the email (service.mail). A channel that fails or
+runs out of time is logged (`notify.failed`: channel, reason, detail) and counted
+(`fac_backup_notifications_total{channel, outcome="failed"}`) and never changes how a job ended.
 
 The body is JSON that Slack-compatible receivers accept (a `text` line) and
 generic ones can read field by field (`job`, `outcome`, `error`, `hint`,
 `run_id`, `time`, `recovered`, `space`: the cloud.gov space, so one channel
-can serve dev, staging and production). A restore (a job that overwrites a
+can serve dev, staging and production); the email is the same text and fields as plain text, under
+a subject naming the space, the job and the outcome. A restore (a job that overwrites a
 protected database) is announced however it ends, and its body adds `binding`
 and `confirmation`: what was overwritten and what the operator typed. It never holds a secret: no error detail
-(stderr tails), no URL, every text scrubbed like the log. The webhook's own
-failures are logged and counted and never change how a job ended.
+(stderr tails), no URL, every text scrubbed like the log.
 
 Recovery is the first success of a job after a failure or abort of the same
 job in this process (the daemon remembers; a one-off `cf run-task` starts
@@ -18,17 +30,18 @@ memory tells prune_backups whether the last backup run failed.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
-import urllib.error
-import urllib.request
+import time
 from datetime import UTC, datetime
 
+from service.egress import DeliveryError, Egress, post_json
 from service.log import get_logger, scrub
+from service.mail import build_message, send_mail
 
 FAILED = ("failure", "aborted")
 TIMEOUT_SECONDS = 3.0  # short: an aborted run reports inside cloud.gov's 10-second stop grace
 SERVICE_NAME = "fac-backup"
+VERBS = {"success": "succeeded", "failure": "failed", "aborted": "was aborted"}
 
 _lock = threading.Lock()
 _last: dict[str, tuple[str, int]] = {}  # job -> (outcome, order of recording), this process only
@@ -57,26 +70,46 @@ def remember(job: str, outcome: str) -> str | None:
     return previous
 
 
+def _origin(space: str | None) -> str:
+    return f"{SERVICE_NAME} ({space})" if space else SERVICE_NAME
+
+
+def _confirmed(result) -> dict:
+    return {k: scrub(str(v)) for k, v in (getattr(result, "confirmation", None) or {}).items()}
+
+
+def _job_label(result, *, typed: bool = True) -> str:
+    """The job's name; a restore's adds which database of which space it overwrote, and (`typed`)
+    what the operator typed."""
+    confirmed = _confirmed(result)
+    if not confirmed:
+        return result.job
+    target = f"{confirmed['space']}/{confirmed['binding']}" if confirmed.get("space") else confirmed["binding"]
+    return f"{result.job} of {target}" + (f" (--confirm {confirmed['confirmation']})" if typed else "")
+
+
+def build_subject(result, *, recovered: bool = False, space: str | None = None) -> str:
+    """The email's subject: space, job (a restore's target) and outcome, in one line."""
+    verb = "succeeded again" if recovered else VERBS.get(result.outcome, result.outcome)
+    return f"{_origin(scrub(space) if space else None)}: {_job_label(result, typed=False)} {verb}"
+
+
 def build_payload(result, *, recovered: bool = False, now: datetime | None = None,
                   space: str | None = None) -> dict:
     """The JSON body for a finished run (jobs.JobResult); `space` names where it ran."""
     error = result.error
     space = scrub(space) if space else None
-    origin = f"{SERVICE_NAME} ({space})" if space else SERVICE_NAME
+    origin = _origin(space)
     message = scrub(error.message) if error is not None and not recovered else ""
     hint = scrub(error.hint) if error is not None and not recovered else ""
-    confirmed = {k: scrub(str(v)) for k, v in (getattr(result, "confirmation", None) or {}).items()}
-    # A restore says which database of which space it overwrote, and what the operator typed.
-    job = result.job
-    if confirmed:
-        target = f"{confirmed['space']}/{confirmed['binding']}" if confirmed.get("space") else confirmed["binding"]
-        job += f" of {target} (--confirm {confirmed['confirmation']})"
+    confirmed = _confirmed(result)
+    job = _job_label(result)
     if recovered:
         text = f"{origin}: {job} succeeded again after a failure (run {result.run_id})"
     elif result.outcome == "success":
         text = f"{origin}: {job} succeeded (run {result.run_id})"
     else:
-        text = f"{origin}: {job} {'was aborted' if result.outcome == 'aborted' else 'failed'}"
+        text = f"{origin}: {job} {VERBS.get(result.outcome, 'failed')}"
         text += f": {message}" if message else ""
         text += f" (hint: {hint})" if hint else ""
         text += f" (run {result.run_id})"
@@ -96,21 +129,11 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
     }
 
 
-def post_json(url: str, payload: dict, timeout: float = TIMEOUT_SECONDS) -> int:
-    """POST `payload` as JSON; return the HTTP status, raise OSError/HTTPError on failure."""
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": SERVICE_NAME},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) checked in config
-        return response.status
-
-
 def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
-    """Remember how `result` ended and call the webhook if it failed or recovered, or if it
+    """Remember how `result` ended and notify the team if it failed or recovered, or if it
     overwrote a protected database (a restore is announced however it ended).
 
-    Returns True when a notification was sent. Never raises: a notification
+    Returns True when a channel delivered. Never raises: a notification
     must not turn a finished job into a failed one.
     """
     log = log or get_logger()
@@ -118,29 +141,99 @@ def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
         previous = remember(result.job, result.outcome)
         failed = result.outcome in FAILED
         recovered = result.outcome == "success" and previous in FAILED
-        url = getattr(config, "webhook_url", None)
         protected = bool(getattr(result, "confirmation", None)) and result.outcome != "skipped"
-        if not url or not (failed or recovered or protected):
+        if not (failed or recovered or protected):
             return False
-        payload = build_payload(result, recovered=recovered, space=getattr(config, "space", None))
-        try:
-            status = post_json(url, payload)
-        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
-            reason = f"HTTP {exc.code}" if isinstance(exc, urllib.error.HTTPError) else type(exc).__name__
-            log.warning("notify.failed", notified_job=result.job, reason=scrub(reason),
-                        detail=scrub(str(getattr(exc, "reason", "")) or ""))
-            _count(metrics, "failed")
-            return False
-        log.info("notify.sent", notified_job=result.job, outcome=result.outcome, recovered=recovered,
-                 status=status)
-        _count(metrics, "sent")
-        return True
+        space = getattr(config, "space", None)
+        payload = build_payload(result, recovered=recovered, space=space)
+        subject = build_subject(result, recovered=recovered, space=space)
+        return deliver(config, payload, subject, metrics=metrics, log=log)
     except Exception:  # noqa: BLE001 - the notification is best effort by design
         log.exception("notify.crashed")
-        _count(metrics, "failed")
+        _count(metrics, "failed", "webhook")
         return False
 
 
-def _count(metrics, outcome: str) -> None:
+def notify_team(config, *, job: str, outcome: str, text: str, fields: dict | None = None,
+                metrics=None, log=None) -> bool:
+    """Send one message to the team now, through every channel (a report, a warning a step
+    wants read). `text` is the line people read; `fields` add JSON fields and email lines.
+    Returns True when a channel delivered; never raises."""
+    log = log or get_logger()
+    try:
+        space = scrub(config.space) if getattr(config, "space", None) else None
+        payload = {"text": f"{_origin(space)}: {scrub(text)}", "service": SERVICE_NAME, "space": space,
+                   "job": job, "outcome": outcome, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                   **{k: scrub(str(v)) for k, v in (fields or {}).items()}}
+        return deliver(config, payload, f"{_origin(space)}: {job} {outcome}", metrics=metrics, log=log)
+    except Exception:  # noqa: BLE001 - the notification is best effort by design
+        log.exception("notify.crashed")
+        _count(metrics, "failed", "webhook")
+        return False
+
+
+class _Attempt(threading.Thread):
+    """One channel's delivery on its own thread: what it returned, or what it raised."""
+
+    def __init__(self, channel: str, send) -> None:
+        super().__init__(name=f"notify-{channel}", daemon=True)
+        self.channel, self.send = channel, send
+        self.status = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.status = self.send()
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
+            self.error = exc
+
+
+def channels(config, payload: dict, subject: str, deadline: float) -> list[_Attempt]:
+    """The deliveries `config` asks for: the webhook and the email, each when configured."""
+    found = []
+    url = getattr(config, "webhook_url", None)
+    if url:
+        egress = getattr(config, "egress", None) or Egress()
+        found.append(_Attempt("webhook", lambda: post_json(url, payload, egress=egress, deadline=deadline)))
+    relay = getattr(config, "mail", None)
+    if relay is not None:
+        found.append(_Attempt("email", lambda: send_mail(relay, build_message(payload, subject, relay),
+                                                          deadline=deadline)))
+    return found
+
+
+def deliver(config, payload: dict, subject: str, *, metrics=None, log=None) -> bool:
+    """Send `payload` through every configured channel at once; wait at most TIMEOUT_SECONDS
+    for all of them; log and count each. True when at least one delivered."""
+    log = log or get_logger()
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    attempts = channels(config, payload, subject, deadline)
+    for attempt in attempts:
+        attempt.start()
+    delivered = False
+    for attempt in attempts:
+        # A little past the deadline, so that a channel's own timeout is reported as it is.
+        attempt.join(max(0.0, deadline + 0.25 - time.monotonic()))
+        if attempt.is_alive():  # left to end on its own; its late result is not counted
+            error = DeliveryError("timeout", f"no delivery within {TIMEOUT_SECONDS:g} s")
+        else:
+            error = attempt.error
+        if error is None:
+            log.info("notify.sent", channel=attempt.channel, notified_job=payload.get("job"),
+                     outcome=payload.get("outcome"), recovered=payload.get("recovered", False),
+                     status=attempt.status)
+            _count(metrics, "sent", attempt.channel)
+            delivered = True
+        elif isinstance(error, DeliveryError):
+            log.warning("notify.failed", channel=attempt.channel, notified_job=payload.get("job"),
+                        reason=scrub(error.reason), detail=scrub(error.detail), hint=scrub(error.hint))
+            _count(metrics, "failed", attempt.channel)
+        else:
+            log.error("notify.crashed", channel=attempt.channel, exc_info=error)
+            _count(metrics, "failed", attempt.channel)
+    return delivered
+
+
+def _count(metrics, outcome: str, channel: str) -> None:
     if metrics is not None and hasattr(metrics, "notification_finished"):
-        metrics.notification_finished(outcome)
+        metrics.notification_finished(outcome, channel)

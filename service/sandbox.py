@@ -237,14 +237,17 @@ class LocalS3:
 
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=free_requests.encode(),
                                          method="POST", headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        # The server is on loopback: never through a proxy the environment names.
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30) as response:
             response.read()
 
     def _boto(self, service: str, key: tuple[str, str]):
         import boto3
+        from botocore.config import Config
 
         return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.REGION,
-                            aws_access_key_id=key[0], aws_secret_access_key=key[1])
+                            aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                            config=Config(proxies={}))  # loopback, whatever HTTP(S)_PROXY say
 
     def _create_user(self, action: str, resources: list[str], key: tuple[str, str]) -> tuple[str, str]:
         iam = self._boto("iam", key)

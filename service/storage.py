@@ -144,6 +144,18 @@ def _shared_session_unlocked():
     return _session
 
 
+def _without_proxy(config: BotoConfig) -> BotoConfig:
+    """`config` with no HTTP proxy, whatever HTTPS_PROXY, HTTP_PROXY or NO_PROXY say.
+
+    S3 is reached directly, on every endpoint of every binding (FAC's own start script lists each
+    `endpoint` and `fips_endpoint` in no_proxy for that reason): the egress proxy is for
+    notifications, and its allowlist has no S3. botocore reads the proxy variables only when
+    `proxies` is None (EndpointCreator.create_endpoint -> get_environ_proxies); an empty mapping
+    is used as given, so no scheme has a proxy.
+    """
+    return config.merge(BotoConfig(proxies={}))
+
+
 def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, max_attempts: int = 5):
     """A client using only the binding's credentials, region and endpoint (no AWS_* env)."""
     config = BotoConfig(
@@ -153,6 +165,7 @@ def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, m
         read_timeout=120,
         ignore_configured_endpoint_urls=True,
     )
+    config = _without_proxy(config)
     with _session_lock:  # creating clients from one session is not thread-safe
         return _shared_session_unlocked().client(
             "s3", endpoint_url=binding.endpoint_url, config=config, region_name=binding.region,

@@ -133,10 +133,11 @@ def test_a_failing_webhook_is_logged_and_counted_and_never_fails_the_job(monkeyp
     assert ok.outcome == "success" and failed.outcome == "failure" and failed.exit_code == 1
     warnings = [e for e in logs if e["event"] == "notify.failed"]
     assert len(warnings) == 1 and warnings[0]["reason"] == "HTTP 500"
-    assert metrics.registry.get_sample_value("fac_backup_notifications_total", {"outcome": "failed"}) == 1
+    failed_webhooks = {"outcome": "failed", "channel": "webhook"}
+    assert metrics.registry.get_sample_value("fac_backup_notifications_total", failed_webhooks) == 1
     dead = load_config({"VCAP_SERVICES": vcap(), "FAC_BACKUP_WEBHOOK_URL": receiver.url})
     assert run(dead, monkeypatch, failure(), metrics).outcome == "failure"
-    assert metrics.registry.get_sample_value("fac_backup_notifications_total", {"outcome": "failed"}) == 2
+    assert metrics.registry.get_sample_value("fac_backup_notifications_total", failed_webhooks) == 2
 
 
 def test_without_a_webhook_nothing_is_sent(monkeypatch):

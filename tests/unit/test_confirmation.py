@@ -155,7 +155,7 @@ def test_the_notification_of_a_restore_names_space_binding_and_confirmation():
 def test_a_restore_is_announced_even_when_it_succeeds(monkeypatch):
     """Successful backups stay quiet; a successful restore posts once (the webhook is the only witness)."""
     posted = []
-    monkeypatch.setattr(notify, "post_json", lambda url, payload, timeout=3.0: posted.append(payload) or 200)
+    monkeypatch.setattr(notify, "post_json", lambda url, payload, **_: posted.append(payload) or 200)
     notify.forget_outcomes()
     config = config_in(PRODUCTION, FAC_BACKUP_WEBHOOK_URL="https://hooks.example/x")
     confirmation = {"space": "production", "binding": "fac-db", "confirmation": "production/fac-db"}
