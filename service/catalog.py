@@ -8,12 +8,13 @@ service.finder resolves the id an operator typed on top of this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from service import layout
 from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError
-from service.storage import ObjectStore
+from service.storage import ObjectInfo, ObjectStore
 
 FORMAT_VERSION = 1
 
@@ -52,6 +53,11 @@ class Manifest:
     # A pre-restore backup names the restore it was taken before: space, binding, confirmation
     # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.
     before_restore: dict = field(default_factory=dict)
+    # The integrity watch (service.integrity): the comparison of each table's rows with the
+    # previous complete backup of the same database, and the tables found shrunk. Empty (and
+    # not written) when there was nothing to compare with.
+    integrity: dict = field(default_factory=dict)
+    database_bytes: int = 0  # pg_database_size at the snapshot (0: not recorded)
 
     @property
     def total_bytes(self) -> int:
@@ -65,8 +71,9 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["tables"] = [asdict(t) for t in self.tables]
-        if not data["before_restore"]:
-            del data["before_restore"]
+        for optional in ("before_restore", "integrity", "database_bytes"):
+            if not data[optional]:
+                del data[optional]
         return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -98,6 +105,7 @@ class BackupSummary:
     manifest: Manifest | None = None
     legacy: bool = False  # written by the old tool: dumps only, no manifest, no schema.dump
     verified_at: str = ""  # when a drill last proved it restorable (its verified.json, S3's clock)
+    acknowledged_at: str = ""  # when an operator accepted its dropped rows (acknowledged.json, S3's clock)
 
 
 def write_manifest(store: ObjectStore, manifest: Manifest) -> None:
@@ -117,12 +125,41 @@ def read_manifest(store: ObjectStore, backup_id: str) -> Manifest:
     return Manifest.from_json(raw, backup_id)
 
 
+def list_backup_objects(store: ObjectStore) -> Iterator[ObjectInfo]:
+    """Every object under `backups/` except the reserved prefixes (media versions, the journal),
+    which the listing jumps over instead of paging through."""
+    start_after = ""
+    while True:
+        for obj in store.list_objects(layout.BACKUPS_PREFIX, start_after=start_after):
+            reserved = layout.reserved_prefix_of(obj.key)
+            if reserved is not None:
+                start_after = layout.backup_listing_skip(reserved)
+                break
+            yield obj
+        else:
+            return
+
+
+def newest_manifests(store: ObjectStore) -> Iterator[Manifest]:
+    """Complete backups' manifests, the most recently written first (readable ones only)."""
+    written = [o for o in list_backup_objects(store)
+               if o.key.endswith("/" + layout.MANIFEST_NAME) and o.last_modified is not None]
+    for obj in sorted(written, key=lambda o: o.last_modified, reverse=True):
+        backup_id = obj.key[len(layout.BACKUPS_PREFIX):-len("/" + layout.MANIFEST_NAME)]
+        if "/" in backup_id:
+            continue
+        try:
+            yield read_manifest(store, backup_id)
+        except (IntegrityError, BackupNotFoundError):
+            continue
+
+
 def list_backups(store: ObjectStore) -> list[BackupSummary]:
     """Every backup under `backups/`, complete or not, oldest first by start time or id."""
     by_id: dict[str, list] = {}
-    for obj in store.list_objects(layout.BACKUPS_PREFIX):
+    for obj in list_backup_objects(store):
         rest = obj.key[len(layout.BACKUPS_PREFIX):]
-        if "/" not in rest or obj.key.startswith(layout.MEDIA_VERSIONS_PREFIX):
+        if "/" not in rest:
             continue
         parts = rest.split("/")
         # The old tool also wrote `backups/<operation>/<stamp>/<dump>`; our ids never hold a '/'.
@@ -136,11 +173,11 @@ def list_backups(store: ObjectStore) -> list[BackupSummary]:
             except (IntegrityError, BackupNotFoundError):
                 m = None
             if m is not None:
-                verified = next((o.last_modified for o in objects
-                                 if o.key == layout.verified_key(backup_id) and o.last_modified), None)
+                written = {o.key: o.last_modified.isoformat() for o in objects if o.last_modified}
                 summaries.append(
                     BackupSummary(backup_id, True, m.job, m.started_at, m.finished_at, len(m.tables),
-                                  m.total_bytes, m, verified_at=verified.isoformat() if verified else "")
+                                  m.total_bytes, m, verified_at=written.get(layout.verified_key(backup_id), ""),
+                                  acknowledged_at=written.get(layout.acknowledged_key(backup_id), ""))
                 )
                 continue
         dumps = [o for o in objects if layout.is_dump_key(o.key)]
