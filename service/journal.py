@@ -102,9 +102,10 @@ def build_skip_record(job: str, reason: str, *, when: datetime, run_id: str, spa
 
 
 def write_record(store_factory: Callable[[], ObjectStore], record: dict, *, metrics=None, log=None,
-                 timeout: float = WRITE_TIMEOUT_SECONDS) -> bool:
-    """Store `record`; True when it was written within `timeout`. Never raises."""
+                 timeout: float | None = None) -> bool:
+    """Store `record`; True when it was written within `timeout` (WRITE_TIMEOUT_SECONDS). Never raises."""
     log = log or get_logger()
+    timeout = WRITE_TIMEOUT_SECONDS if timeout is None else timeout
     done: list = []
 
     def put() -> None:

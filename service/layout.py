@@ -181,7 +181,7 @@ def report_key_time(key: str) -> datetime | None:
     if not key.startswith(JOURNAL_REPORTS_PREFIX) or "_" not in key:
         return None
     try:
-        return datetime.strptime(key.rsplit("_", 1)[-1].split(".", 1)[0], _RUN_STAMP).replace(tzinfo=UTC)
+        return datetime.strptime(key.rsplit("_", 1)[-1].rsplit(".", 1)[0], _RUN_STAMP).replace(tzinfo=UTC)
     except ValueError:
         return None
 

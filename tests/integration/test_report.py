@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from service import catalog, jobs, journal, layout
 from service.daemon import CatalogWatcher
 from service.metrics import Metrics
-from service.tasks.prune import read_records
 from service.retention import decide
+from service.tasks.prune import read_records
 from tests.fakes import make_pg_bin
 from tests.integration.test_drill import scratch  # noqa: F401 - the drill's scratch database fixture
 from tests.tools import require_tool

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service import catalog, clients, jobs, layout, sample_data
+from service import catalog, clients, jobs, sample_data
 from service.config import load_config
 from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, _free_port, build_client_root, embedded_pg_bin
