@@ -14,11 +14,13 @@ service.evidence builds the rest of the report's figures on top of these.
 - The recovery point is the longest gap between consecutive successful
   backups (the data a disaster at the worst moment would lose): overall, and
   inside the scheduled hours (from each day's first slot of scheduled_backup to
-  its last), beside the longest gap the schedule itself allows.
+  one interval after its last: 06:00 to 20:00 by default), beside the longest
+  gap the schedule itself allows.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -96,11 +98,15 @@ def slot_results(history, job: str) -> list[Slot]:
     ends = [*slots[1:], after or history.until]
     kind = kinds.backup_kind(job) if job in kinds.BACKUP_JOBS else None
     made = [(t, m) for t, m in successful_backups(history) if kind and layout.id_kind(m.id) == kind]
-    runs = [(run_time(r), r) for r in history.runs if r.get("job") == job and r.get("trigger") == "scheduler"]
+    runs = sorted(((run_time(r), r) for r in history.runs if r.get("job") == job and r.get("trigger") == "scheduler"
+                   and run_time(r) is not None), key=lambda p: p[0])
+    made_at, run_at = [t for t, _ in made], [t for t, _ in runs]
     results = []
     for slot, end in zip(slots, ends, strict=True):
-        backup = next((m for t, m in made if slot <= t < end), None)
-        inside = [r for t, r in runs if t is not None and slot <= t < end]
+        # Both lists are sorted by time: each window is a slice (a year of slots stays linear).
+        first = bisect_left(made_at, slot)
+        backup = made[first][1] if first < len(made) and made_at[first] < end else None
+        inside = [r for _, r in runs[bisect_left(run_at, slot):bisect_left(run_at, end)]]
         if backup is not None:
             results.append(Slot(job, slot, "ok", backup_id=backup.id,
                                 run_id=next((r["run_id"] for r in inside if r.get("outcome") == "success"), "")))
@@ -184,8 +190,9 @@ def recovery_point(history) -> tuple[Gap, Gap]:
 
 
 def working_windows(slots: list[datetime], tz) -> list[tuple[datetime, datetime]]:
-    """[first slot, last slot] of each local day of the scheduled backups."""
+    """The scheduled hours of each local day: from its first slot of scheduled_backup to one interval
+    after its last (each slot promises a backup until the next one; the last, until as long again)."""
     by_day: dict = {}
     for slot in slots:
         by_day.setdefault(slot.astimezone(tz).date(), []).append(slot)
-    return [(min(day), max(day)) for day in by_day.values() if len(day) > 1]
+    return [(day[0], day[-1] + (day[-1] - day[-2])) for day in (sorted(d) for d in by_day.values()) if len(day) > 1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
@@ -29,6 +30,7 @@ SCHEDULE_SETTINGS = {"scheduled_backup": "scheduled_cron", "daily_backup": "dail
 # The storage each database has, in GB, when the configuration knows it: settings of these names
 # (FAC_BACKUP_FAC_DB_STORAGE_GB, FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB) are read where they exist.
 STORAGE_SETTINGS = {"fac-db": "fac_db_storage_gb", "fac-snapshot-db": "snapshot_db_storage_gb"}
+READERS = 16  # objects read at once: a year of manifests and journal records is thousands of GETs
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,14 @@ def gather_history(config, store, since: datetime, until: datetime, now: datetim
                    log=None) -> History:
     """Read the history of [since, until) from the backups bucket (module docstring)."""
     settings = config.settings
-    summaries = [s for s in catalog.list_backups(store) if s.complete and s.manifest is not None]
-    verified = {s.id: _read_json(store, layout.verified_key(s.id)) or {"verified_at": s.verified_at}
-                for s in summaries if s.verified_at}
-    acknowledged = {s.id: _read_json(store, layout.acknowledged_key(s.id)) or {"acknowledged_at": s.acknowledged_at}
-                    for s in summaries if s.acknowledged_at}
+    summaries = [s for s in catalog.list_backups(store, workers=READERS) if s.complete and s.manifest is not None]
+    with ThreadPoolExecutor(READERS, thread_name_prefix="history") as pool:
+        verified = dict(pool.map(lambda s: (s.id, _read_json(store, layout.verified_key(s.id))
+                                            or {"verified_at": s.verified_at}),
+                                 [s for s in summaries if s.verified_at]))
+        acknowledged = dict(pool.map(lambda s: (s.id, _read_json(store, layout.acknowledged_key(s.id))
+                                                or {"acknowledged_at": s.acknowledged_at}),
+                                     [s for s in summaries if s.acknowledged_at]))
     versions = {"objects": 0, "bytes": 0}
     for version in list_versions(store):
         versions["objects"] += 1
@@ -98,7 +103,8 @@ def gather_history(config, store, since: datetime, until: datetime, now: datetim
         expiry = None
     return History(
         since=since, until=until, now=now, tz=settings.timezone, schedules=enabled_schedules(settings),
-        runs=tuple(journal.read_records(store, since, until)), backups=tuple(s.manifest for s in summaries),
+        runs=tuple(journal.read_records(store, since, until, workers=READERS)),
+        backups=tuple(s.manifest for s in summaries),
         verified=verified, acknowledged=acknowledged, media=newest_media(store, summaries, log),
         media_versions=versions, storage_gb=storage_of(settings), journal_keep_days=settings.journal_keep_days,
         bucket_expiry_days=expiry.days if expiry else settings.bucket_expiry_days,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from service import layout
@@ -147,16 +148,18 @@ def _count(metrics, outcome: str) -> None:
         metrics.journal_write(outcome)
 
 
-def read_records(store: ObjectStore, since: datetime, until: datetime) -> list[dict]:
-    """Every readable record of a run started in [since, until), oldest first."""
-    records = []
-    for obj in list_record_objects(store, since, until):
+def read_records(store: ObjectStore, since: datetime, until: datetime, *, workers: int = 1) -> list[dict]:
+    """Every readable record of a run started in [since, until), oldest first (`workers` at once)."""
+    def read(key: str) -> dict | None:
         try:
-            record = json.loads(store.get_bytes(obj.key))
+            record = json.loads(store.get_bytes(key))
         except (ServiceError, ValueError):
-            continue  # expired meanwhile, or not one of ours: the report works with the rest
-        if isinstance(record, dict) and record.get("job") and record.get("started_at"):
-            records.append(record)
+            return None  # expired meanwhile, or not one of ours: the report works with the rest
+        return record if isinstance(record, dict) and record.get("job") and record.get("started_at") else None
+
+    keys = [obj.key for obj in list_record_objects(store, since, until)]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="journal") as pool:
+        records = [r for r in pool.map(read, keys) if r is not None]
     return sorted(records, key=lambda r: (r["started_at"], r.get("run_id", "")))
 
 

@@ -27,8 +27,8 @@ def fmt_duration(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     if seconds < 172800:
-        hours, rest = divmod(seconds, 3600)
-        return f"{hours:.0f} h {rest / 60:02.0f} min"
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes:02d} min"
     return f"{seconds / 86400:.1f} days"
 
 

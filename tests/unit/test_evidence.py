@@ -74,6 +74,14 @@ def test_a_missed_slot_is_named_and_widens_the_recovery_point():
     assert report.rpo_in_hours.start == at("2026-06-04", "08:00") + timedelta(seconds=5)
 
 
+def test_the_day_s_last_slot_failing_shows_in_the_scheduled_hours():
+    """No 18:00 backup: in scheduled hours (06:00 to 20:00) the gap from 16:00 to the daily is 4 h."""
+    backups = day_of_backups("2026-06-03") + day_of_backups("2026-06-04", skip=("18:00",))
+    report = build_report(history(at("2026-06-04"), at("2026-06-05"), backups=backups))
+    assert report.rpo_in_hours.seconds == 4 * HOUR - 5
+    assert report.rpo_in_hours.start == at("2026-06-04", "16:00") + timedelta(seconds=5)
+
+
 def test_a_failed_run_and_a_busy_lock_give_their_reasons():
     """The journal explains the slots without a backup: the error with its hint, and the skip's reason."""
     backups = day_of_backups("2026-06-04", skip=("12:00", "14:00"))
@@ -131,7 +139,7 @@ def test_an_open_gap_runs_to_the_end_of_the_period():
     backups = day_of_backups("2026-06-03") + [manifest("scheduled-06-04-06", at("2026-06-04", "06:00"))]
     report = build_report(history(at("2026-06-04"), at("2026-06-04", "18:30"), backups=backups))
     assert report.rpo.open_end and report.rpo.seconds == 12.5 * HOUR
-    assert report.rpo_in_hours.seconds == 12 * HOUR  # 06:00 to the day's last slot, 18:00
+    assert report.rpo_in_hours.seconds == 12.5 * HOUR  # the scheduled hours run to 20:00, the period to 18:30
 
 
 def test_slots_not_yet_due_are_not_counted_missed():
