@@ -156,20 +156,21 @@ def drill_run(started: datetime, outcome: str, backup_id: str, **figures) -> dic
 
 
 def test_drills_show_each_result_and_the_recovery_time_demonstrated():
-    """A failed drill and a passed one; the last proved backup's age; the restore time at its size."""
+    """A passed drill, then a failed one of a newer backup: both listed; the last proved backup is the older
+    one (a failed drill proves nothing), with its age and the restore time measured at its size."""
     backups = [manifest("daily-05-30", at("2026-05-30", "20:00")), manifest("daily-06-06", at("2026-06-06", "20:00"))]
-    runs = [drill_run(at("2026-05-31", "03:00"), "failure", "daily-05-30"),
-            drill_run(at("2026-06-07", "03:00"), "success", "daily-06-06", restore_seconds=1260.0, bytes=5 * 10**9)]
+    runs = [drill_run(at("2026-05-31", "03:00"), "success", "daily-05-30", restore_seconds=1260.0, bytes=5 * 10**9),
+            drill_run(at("2026-06-07", "03:00"), "failure", "daily-06-06")]
     report = build_report(history(at("2026-05-30"), at("2026-06-09"), backups=backups, runs=runs))
-    assert [(d["backup_id"], d["outcome"]) for d in report.drills] == [("daily-05-30", "failure"),
-                                                                       ("daily-06-06", "success")]
-    assert report.last_proved["backup_id"] == "daily-06-06"
-    assert report.last_proved["days"] == 2 + 4 / 24  # now (the period's end) less the backup's start
+    assert [(d["backup_id"], d["outcome"]) for d in report.drills] == [("daily-05-30", "success"),
+                                                                       ("daily-06-06", "failure")]
+    assert report.last_proved["backup_id"] == "daily-05-30"
+    assert report.last_proved["days"] == 9 + 4 / 24  # now (the period's end) less the backup's start
     drills = [s for s in report.slots if s.job == "verify_backup"]
-    assert [(s.at.day, s.status) for s in drills] == [(31, "failed"), (7, "ok")]
+    assert [(s.at.day, s.status) for s in drills] == [(31, "ok"), (7, "failed")]
     headline = dict(report_text.headline(report))
     assert headline["Drills"] == "1 passed, 1 failed"
-    assert headline["Recovery time demonstrated"] == "21 min for 5.0 GB (daily-06-06)"
+    assert headline["Recovery time demonstrated"] == "21 min for 5.0 GB (daily-05-30)"
 
 
 def test_a_drill_known_only_from_its_verified_record_counts():

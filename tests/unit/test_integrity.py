@@ -130,6 +130,18 @@ def test_the_metric_shows_the_newest_flag_until_acknowledged_or_a_clean_comparis
     assert gauge(store) == 0
 
 
+def test_an_acknowledgement_made_while_the_daemon_runs_clears_the_metric_at_its_next_refresh():
+    """The daemon read the flag at start; the acknowledgement arrives later: one HEAD at the refresh sees it."""
+    store = flagged_store()
+    metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry())
+    watcher = CatalogWatcher(store, metrics)
+    watcher.first_listing()
+    assert metrics.registry.get_sample_value("fac_backup_rows_dropped_tables") == 1
+    store.put_bytes(layout.acknowledged_key("scheduled-06-04-10"), b"{}")
+    watcher.refresh()
+    assert metrics.registry.get_sample_value("fac_backup_rows_dropped_tables") == 0
+
+
 def test_the_notification_carries_a_line_for_the_drop_even_on_success():
     """A successful backup that flagged tables notifies, naming each table, the baseline and the command."""
     figures = {"backup_id": "scheduled-06-04-10", "integrity_baseline": "scheduled-06-04-08",

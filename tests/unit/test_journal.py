@@ -151,6 +151,25 @@ def test_listings_of_backups_skip_the_journal_and_the_media_versions(store):
     assert {b.id for b in catalog.list_backups(store)} == {"daily-06-04", "scheduled-06-04-10"}
 
 
+
+def test_the_listing_jumps_over_a_long_journal_instead_of_paging_through_it():
+    """A thousand journal records cost the backups' listing one object read, not a thousand."""
+    seen: list[str] = []
+
+    class Counting(MemoryObjectStore):
+        def list_objects(self, prefix="", *, start_after=""):
+            for obj in super().list_objects(prefix, start_after=start_after):
+                seen.append(obj.key)
+                yield obj
+
+    store = Counting("backups")
+    for n in range(1000):
+        store.put_bytes(f"backups/journal/runs/2026-06/20260604T{n:06d}.000000Z_x_{n}.json", b"{}")
+    store.put_bytes("backups/scheduled-06-04-10/manifest.json", b"{}")
+    assert [o.key for o in catalog.list_backup_objects(store)] == ["backups/scheduled-06-04-10/manifest.json"]
+    assert sum(k.startswith(layout.JOURNAL_PREFIX) for k in seen) == 1
+
+
 def test_the_retention_deletes_records_older_than_its_keep_period(store):
     """Records and stored reports past FAC_BACKUP_JOURNAL_KEEP_DAYS go; younger ones stay; a dry run counts."""
     now = datetime(2026, 12, 1, tzinfo=UTC)
