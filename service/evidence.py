@@ -73,7 +73,7 @@ class Report:
     refused_restores: int
     media: dict
     flagged: tuple[dict, ...]
-    purges: tuple[dict, ...]  # backups whose only shrunk tables are allowed to shrink
+    purges: tuple[dict, ...]  # backups in which tables allowed to shrink did (legitimate purges)
     compared: int
     journal_reach: str
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -251,7 +251,7 @@ def integrity_figures(history) -> tuple[list[dict], list[dict], int]:
             entry["baseline_expires"] = (base_at + timedelta(days=history.bucket_expiry_days)
                                          if base_at and history.bucket_expiry_days else None)
             flagged.append(entry)
-        elif entry["allowed"]:
+        if entry["allowed"]:
             purges.append(entry)
     return flagged, purges, compared
 
