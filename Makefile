@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: system install demo daemon-demo test lint bench bench-scale
-system:  ## PostgreSQL 15, promtool, faketime, python3-venv: installed when missing, else a quick check
+system:  ## PostgreSQL 15, promtool, faketime, chromium, python3-venv: installed when missing, else a quick check
 	@PYTHON=$(PYTHON) scripts/setup-system
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check

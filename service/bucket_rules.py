@@ -11,8 +11,9 @@ This module reads the rules where the credentials allow, else takes
 FAC_BACKUP_BUCKET_EXPIRY_DAYS (unset: unknown), and works out which backups
 the retention keeps but the bucket will delete ("at risk"): those kept by an
 age rule longer than the expiry (`min_days`, `milestone_min_days`, the daily
-and weekly windows), and the newest backups of a kind (kept whatever their
-age) that the bucket deletes within `SOON`. It never works around the rule:
+and weekly windows), the newest backups of a kind (kept whatever their
+age) that the bucket deletes within `SOON`, and every baseline the integrity
+watch holds (kept until acknowledged, however old). It never works around the rule:
 rewriting objects to reset their age would make a backup's objects lie about
 when they were made.
 """
@@ -119,7 +120,8 @@ def backups_at_risk(decisions: list[Decision], expiry: BucketExpiry, now: dateti
         _, keep_last = policy.for_kind(record.kind)
         by_age = age_limit > expiry.days and now - record.when < timedelta(days=age_limit)
         by_rank = rank <= keep_last and expires - now <= SOON
-        if by_age or by_rank:
+        # The integrity watch's hold keeps a baseline however old: only the bucket can delete it.
+        if by_age or by_rank or d.held:
             found.append(AtRisk(record.id, expires, d.reason))
     return sorted(found, key=lambda r: (r.expires_at, r.backup_id))
 

@@ -8,7 +8,8 @@ service.finder resolves the id an operator typed on top of this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -55,6 +56,11 @@ class Manifest:
     # A pre-restore backup names the restore it was taken before: space, binding, confirmation
     # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.
     before_restore: dict = field(default_factory=dict)
+    # The integrity watch (service.integrity): the comparison of each table's rows with the
+    # previous complete backup of the same database, and the tables found shrunk. Empty (and
+    # not written) when there was nothing to compare with.
+    integrity: dict = field(default_factory=dict)
+    database_bytes: int = 0  # pg_database_size at the snapshot (0: not recorded)
 
     @property
     def total_bytes(self) -> int:
@@ -68,8 +74,9 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["tables"] = [asdict(t) for t in self.tables]
-        if not data["before_restore"]:
-            del data["before_restore"]
+        for optional in ("before_restore", "integrity", "database_bytes"):
+            if not data[optional]:
+                del data[optional]
         return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -101,6 +108,7 @@ class BackupSummary:
     manifest: Manifest | None = None
     legacy: bool = False  # written by the old tool: dumps only, no manifest, no schema.dump
     verified_at: str = ""  # when a drill last proved it restorable (its verified.json, S3's clock)
+    acknowledged_at: str = ""  # when an operator accepted its dropped rows (acknowledged.json, S3's clock)
 
 
 def write_manifest(store: ObjectStore, manifest: Manifest) -> None:
@@ -122,9 +130,10 @@ def read_manifest(store: ObjectStore, backup_id: str) -> Manifest:
 
 def backup_id_of(key: str) -> str | None:
     """The backup a key belongs to, as `list` prints its id; None for a key of no backup (outside
-    `backups/`, directly under it, or a kept media version). `list`, `show`, `verify` and every
-    restore group keys through here, so they all see the same backups."""
-    if not key.startswith(layout.BACKUPS_PREFIX) or key.startswith(layout.MEDIA_VERSIONS_PREFIX):
+    `backups/`, directly under it, or under a reserved prefix: kept media versions, the journal).
+    `list`, `show`, `verify` and every restore group keys through here, so they all see the same
+    backups."""
+    if not key.startswith(layout.BACKUPS_PREFIX) or layout.reserved_prefix_of(key) is not None:
         return None
     parts = key[len(layout.BACKUPS_PREFIX):].split("/")
     if len(parts) < 2:
@@ -155,18 +164,20 @@ def legacy_dumps(backup_id: str, objects: Iterable[ObjectInfo]) -> list[ObjectIn
     return [o for name, o in sorted(direct.items()) if layout.is_dump_key(name) and "-" in name]
 
 
-def summarize_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo]) -> BackupSummary:
-    """One backup as `list` shows it: complete (a readable manifest), legacy, or incomplete."""
+_UNREAD = object()
+
+
+def summarize_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInfo],
+                     manifest=_UNREAD) -> BackupSummary:
+    """One backup as `list` shows it: complete (a readable manifest), legacy, or incomplete.
+    `manifest` is its manifest when the caller has read it already (None: unreadable)."""
     if any(o.key == layout.manifest_key(backup_id) for o in objects):
-        try:
-            m = read_manifest(store, backup_id)
-        except (IntegrityError, BackupNotFoundError):
-            m = None
+        m = _read_or_none(store, backup_id) if manifest is _UNREAD else manifest
         if m is not None:
-            verified = next((o.last_modified for o in objects
-                             if o.key == layout.verified_key(backup_id) and o.last_modified), None)
+            written = {o.key: o.last_modified.isoformat() for o in objects if o.last_modified}
             return BackupSummary(backup_id, True, m.job, m.started_at, m.finished_at, len(m.tables),
-                                 m.total_bytes, m, verified_at=verified.isoformat() if verified else "")
+                                 m.total_bytes, m, verified_at=written.get(layout.verified_key(backup_id), ""),
+                                 acknowledged_at=written.get(layout.acknowledged_key(backup_id), ""))
     legacy = legacy_dumps(backup_id, objects)
     dumps = [o for o in objects if layout.is_dump_key(o.key)]
     # The old tool's ISO stamp says when its backup started; otherwise the first upload does.
@@ -176,10 +187,50 @@ def summarize_backup(store: ObjectStore, backup_id: str, objects: list[ObjectInf
                          len(legacy or dumps), sum(o.size for o in objects), legacy=bool(legacy))
 
 
-def list_backups(store: ObjectStore) -> list[BackupSummary]:
-    """Every backup under `backups/`, complete or not, oldest first by start time or id."""
-    groups = group_backups(store.list_objects(layout.BACKUPS_PREFIX))
-    summaries = [summarize_backup(store, backup_id, objects) for backup_id, objects in groups.items()]
+def list_backup_objects(store: ObjectStore) -> Iterator[ObjectInfo]:
+    """Every object under `backups/` except the reserved prefixes (media versions, the journal),
+    which the listing jumps over instead of paging through."""
+    start_after = ""
+    while True:
+        for obj in store.list_objects(layout.BACKUPS_PREFIX, start_after=start_after):
+            reserved = layout.reserved_prefix_of(obj.key)
+            if reserved is not None:
+                start_after = layout.backup_listing_skip(reserved)
+                break
+            yield obj
+        else:
+            return
+
+
+def newest_manifests(store: ObjectStore) -> Iterator[Manifest]:
+    """Complete backups' manifests, the most recently written first (readable ones only)."""
+    written = [o for o in list_backup_objects(store)
+               if o.key.endswith("/" + layout.MANIFEST_NAME) and o.last_modified is not None]
+    for obj in sorted(written, key=lambda o: o.last_modified, reverse=True):
+        backup_id = obj.key[len(layout.BACKUPS_PREFIX):-len("/" + layout.MANIFEST_NAME)]
+        if "/" in backup_id:
+            continue
+        manifest = _read_or_none(store, backup_id)
+        if manifest is not None:
+            yield manifest
+
+
+def _read_or_none(store: ObjectStore, backup_id: str) -> Manifest | None:
+    try:
+        return read_manifest(store, backup_id)
+    except (IntegrityError, BackupNotFoundError):
+        return None
+
+
+def list_backups(store: ObjectStore, *, workers: int = 1) -> list[BackupSummary]:
+    """Every backup under `backups/`, complete or not, oldest first by start time or id;
+    `workers` manifests are read at once (the report reads a thousand)."""
+    groups = group_backups(list_backup_objects(store))
+    with_manifest = [i for i, objects in groups.items() if any(o.key == layout.manifest_key(i) for o in objects)]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="manifests") as pool:
+        manifests = dict(zip(with_manifest, pool.map(lambda i: _read_or_none(store, i), with_manifest), strict=True))
+    summaries = [summarize_backup(store, backup_id, objects, manifests.get(backup_id))
+                 for backup_id, objects in groups.items()]
     return sorted(summaries, key=lambda s: (s.started_at or "", s.id))
 
 

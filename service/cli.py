@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check a backup without restoring: sizes, sha256, pg_restore --list")
     verify.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it")
 
+    report = sub.add_parser("report", help="the contingency report: backups, drills, restores, the data itself")
+    report.add_argument("--since", metavar="DATE", help="first day (YYYY-MM-DD) or ISO time (default: 30 days "
+                                                        "before --until)")
+    report.add_argument("--until", metavar="DATE", help="last day, included (YYYY-MM-DD), or ISO time (default: now)")
+    report.add_argument("--out", metavar="FILE", help="where to write the HTML (default: "
+                                                      "contingency-report-SINCE-UNTIL.html here)")
+    report.add_argument("--upload", action="store_true", help="also store it in the backups bucket beside the journal")
+
     demo = sub.add_parser("demo", help="run scheduled_backup on a throwaway PostgreSQL and local S3")
     demo.add_argument("--daemon", action="store_true", help="start the daemon on the sandbox instead")
     demo.add_argument("--rows", type=int, default=5000, help="rows of the main sample table")
@@ -156,6 +164,16 @@ def cmd_jobs(_ns) -> int:
     return 0
 
 
+def cmd_report(ns) -> int:
+    from service.storage import S3ObjectStore
+    from service.tasks.report import report_command
+
+    config = load_config()
+    register_secrets(config.secrets())
+    configure_logging(config.settings.log_format, sys.stderr)
+    return report_command(ns, config, S3ObjectStore(config.backups))
+
+
 def cmd_demo(ns) -> int:
     from service.demo import run_demo
 
@@ -197,6 +215,7 @@ COMMANDS = {
     "jobs": cmd_jobs,
     "show": cmd_show,
     "verify": cmd_verify,
+    "report": cmd_report,
     "demo": cmd_demo,
     "daemon": cmd_daemon,
     "ctl": cmd_ctl,

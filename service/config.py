@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, databas
 PREFIX = "FAC_BACKUP_"
 DEFAULT_TABLE_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "fac-tables.txt"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Tables whose rows FAC deletes by design: expired sessions, revoked access and permissions
+# (a removed audit access is copied to audit_deletedaccess), used one-time access links.
+DEFAULT_SHRINK_ALLOWED = ("public.django_session", "public.audit_access", "public.dissemination_onetimeaccess",
+                          "public.users_userpermission", "public.auth_user_groups", "public.authtoken_token")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class Settings:
     prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
     progress_seconds: float = 30.0  # one step.progress event per this many seconds of a step; 0: off
     bucket_expiry_days: int | None = None  # the backups bucket's expiry when its rules cannot be read
+    # The evidence: run journal, contingency report, integrity watch (service.journal, report, integrity)
+    journal_keep_days: int = 365  # the retention deletes journal records and reports older than this
+    report_cron: str = "0 7 1 * *"  # the daemon's contingency report of the previous month; "off" disables
+    shrink_allowed_tables: tuple[str, ...] = DEFAULT_SHRINK_ALLOWED  # rows may drop without a flag
+    shrink_threshold_percent: float = 0.1  # a table losing more than this share of its rows is flagged
 
 
 @dataclass(frozen=True)
@@ -212,7 +222,29 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",
         progress_seconds=r.number("PROGRESS_SECONDS", 30.0, 0.0),
         bucket_expiry_days=r.integer("BUCKET_EXPIRY_DAYS", 0, 1, 36500) if r.raw("BUCKET_EXPIRY_DAYS") else None,
+        # The evidence: run journal, contingency report, integrity watch
+        journal_keep_days=r.integer("JOURNAL_KEEP_DAYS", 365, 14, 36500),
+        report_cron=r.text("REPORT_CRON", "0 7 1 * *"),
+        shrink_allowed_tables=read_table_list(r, "SHRINK_ALLOWED_TABLES", DEFAULT_SHRINK_ALLOWED),
+        shrink_threshold_percent=r.number("SHRINK_THRESHOLD_PERCENT", 0.1, 0.0),
     )
+
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+def read_table_list(r: _Reader, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of `schema.table` or `table` (public); `none` for an empty list."""
+    value = r.raw(name)
+    if value is None:
+        return default
+    if value.lower() == "none":
+        return ()
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    bad = [n for n in names if not _TABLE_NAME.match(n)]
+    if bad:
+        r.problems.append(f"{PREFIX}{name}: {', '.join(map(repr, bad))} is not 'schema.table' or 'table'")
+    return tuple(sorted({n if "." in n else f"public.{n}" for n in names}))
 
 
 def read_retention(r: _Reader) -> RetentionPolicy:

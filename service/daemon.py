@@ -28,10 +28,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from service import catalog, clients, jobs, layout
+from service import catalog, clients, integrity, jobs, layout
 from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
-from service.errors import BackupNotFoundError, IntegrityError, ServiceError
+from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError, ServiceError
 from service.log import get_logger
 from service.metrics import Metrics
 from service.runner import Runner
@@ -60,7 +60,24 @@ class CatalogWatcher:
         summaries = catalog.list_backups(self.store)
         self.known = {s.id: s for s in summaries if s.complete}
         self.metrics.observe_backups(summaries, time.time())
+        self.observe_integrity(summaries)
         return summaries
+
+    def observe_integrity(self, summaries) -> None:
+        """fac_backup_rows_dropped_tables from the newest complete backup: its flagged tables
+        unless acknowledged (one HEAD per refresh, only while it is flagged)."""
+        complete = [s for s in summaries if s.complete and s.manifest is not None]
+        newest = max(complete, key=lambda s: (s.started_at, s.id), default=None)
+        dropped = integrity.dropped_tables(newest.manifest) if newest is not None else []
+        if dropped and not newest.acknowledged_at:
+            try:
+                self.store.head(layout.acknowledged_key(newest.id))
+                dropped = []
+            except ObjectNotFoundError:
+                pass
+        elif newest is not None and newest.acknowledged_at:
+            dropped = []
+        self.metrics.observe_rows_dropped(len(dropped))
 
     def refresh(self) -> None:
         """Read manifests that appeared since the last look; never raises."""
@@ -70,7 +87,7 @@ class CatalogWatcher:
     def _refresh(self) -> None:
         try:
             ids = [p[len(layout.BACKUPS_PREFIX):].rstrip("/")
-                   for p in self.store.list_prefixes(layout.BACKUPS_PREFIX) if p != layout.MEDIA_VERSIONS_PREFIX]
+                   for p in self.store.list_prefixes(layout.BACKUPS_PREFIX) if p not in layout.RESERVED_PREFIXES]
             for backup_id in ids:
                 if backup_id in self.known:
                     continue
@@ -86,6 +103,7 @@ class CatalogWatcher:
                     m.total_bytes if m else 0, m)
             self.known = {k: v for k, v in self.known.items() if k in set(ids)}
             self.metrics.observe_backups(list(self.known.values()), time.time())
+            self.observe_integrity(list(self.known.values()))
         except ServiceError as exc:
             self.log.warning("catalog.refresh_failed", error=exc.message, detail=exc.detail)
         except Exception:  # noqa: BLE001 - housekeeping must never stop the daemon

@@ -128,3 +128,13 @@ def import_snapshot(conn: psycopg.Connection, snapshot: str) -> None:
     with translated_errors("importing the backup snapshot"):
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
+def database_size(conn: psycopg.Connection) -> int:
+    """pg_database_size of the connection's database in bytes (0 when it cannot be read: the
+    figure feeds the report's growth chart, never a decision)."""
+    try:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row and row[0] else 0

@@ -89,6 +89,8 @@ def find_backup(store: ObjectStore, typed: str) -> FoundBackup:
     wanted = typed.strip().strip("/")
     if wanted.startswith(layout.BACKUPS_PREFIX):
         wanted = wanted[len(layout.BACKUPS_PREFIX):]
+    if wanted.split("/", 1)[0] in layout.RESERVED_IDS:  # media versions, the journal: never a backup
+        raise _not_found(store, typed)
     listings = _listings(wanted)
     if listings is None:
         if "/" in wanted:

@@ -14,6 +14,7 @@ import threading
 from service import clients
 from service.config import load_config
 from service.finder import FoundBackup, find_backup
+from service.integrity import dropped_tables, read_acknowledgement
 from service.log import configure_logging, register_secrets
 from service.media_versions import summarize_moment
 from service.pgtools import INHERITED_ENV
@@ -81,12 +82,40 @@ def _print_media(media: dict) -> None:
               f"{media['recorded_bytes']:,} bytes: some copies have gone since (expired or removed)")
 
 
+def _print_integrity(m, acknowledged: dict | None) -> None:
+    """The integrity watch's comparison of this backup with the one before it."""
+    check = m.integrity
+    if not check:
+        print("integrity  not compared (no earlier complete backup of this database, or made before the watch)")
+        return
+    dropped = dropped_tables(m)
+    compared = f"compared with {check.get('baseline')} ({check.get('tables_compared', 0)} tables, " \
+               f"threshold {check.get('threshold_percent')}%)"
+    if not dropped:
+        print(f"integrity  {compared}: no table shrank beyond the threshold")
+    else:
+        print(f"integrity  {compared}: ROWS DROPPED in {len(dropped)} table(s)")
+        for d in dropped:
+            after = "gone" if d["after"] is None else f"{d['after']:,}"
+            print(f"           {d['table']}: {d['before']:,} -> {after} (-{d['percent']}%)")
+        if acknowledged:
+            print(f"           acknowledged {acknowledged.get('acknowledged_at', '')} {acknowledged.get('note', '')}")
+        else:
+            print(f"           NOT acknowledged: {check.get('baseline')} is kept by the retention until "
+                  f"'run acknowledge_drop {m.id}'")
+    for d in check.get("allowed") or []:
+        print(f"           {d['table']} shrank {d['before']:,} -> {d['after'] if d['after'] is not None else 'gone'} "
+              "(allowed to shrink)")
+
+
 def show_backup(backup_id: str, as_json: bool) -> int:
     """Print a backup's manifest (tables, rows, bytes, times, versions) and its media state."""
     _, store = _open_backups()
     found = find_backup(store, backup_id)
     data = describe(found)
     data["media"] = describe_media(store, found)
+    if found.manifest is not None and found.manifest.integrity:
+        data["acknowledged"] = read_acknowledgement(store, found.id)
     if as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -115,6 +144,8 @@ def show_backup(backup_id: str, as_json: bool) -> int:
             where = f"{r.get('space')}/{r.get('binding')}" if r.get("space") else r.get("binding")
             print(f"taken before restoring {r.get('source') or '?'} into {where} "
                   f"(--confirm {r.get('confirmation')}, run {r.get('run_id')})")
+    if found.manifest is not None:
+        _print_integrity(found.manifest, data.get("acknowledged"))
     print(f"\n{'TABLE':<56} {'ROWS':>12} {'BYTES':>14}")
     for t in data["tables"]:
         rows = f"{t['rows']:,}" if "rows" in t else "-"

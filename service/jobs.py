@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from service import kinds, notify
+from service import integrity, journal, kinds, notify
 from service.commands import CancelScope
 from service.config import Config
 from service.confirmation import check_confirmation, confirmation_record
@@ -34,7 +34,7 @@ from service.locking import default_lock_guard
 from service.log import get_logger
 from service.progress import Progress, watch_step
 from service.storage import ObjectStore, S3ObjectStore
-from service.tasks import backup, checks, db_restore, drill, prune, restore, snapshot, sync
+from service.tasks import backup, checks, db_restore, drill, prune, report, restore, snapshot, sync
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,12 @@ JOB_SPECS: tuple[JobSpec, ...] = (
     JobSpec("verify_backup", ("verify_backup",),
             "restore drill: checksums, pg_restore --list, a rolled-back restore into the scratch db",
             optional_arguments=("BACKUP_ID",), takes_lock=False),
+    JobSpec("acknowledge_drop", ("acknowledge_drop",),
+            "accept the rows a backup found dropped (a legitimate purge): clears the alert and the hold",
+            arguments=("BACKUP_ID",), optional_arguments=("NOTE",), takes_lock=False),
+    JobSpec("contingency_report", ("contingency_report",),
+            "the contingency report of the previous month (or SINCE UNTIL), stored beside the journal",
+            optional_arguments=("SINCE", "UNTIL"), takes_lock=False),
 )
 
 StepFunction = Callable[["JobContext"], dict]
@@ -94,6 +100,8 @@ STEPS: dict[str, StepFunction] = {
     "db_restore": db_restore.restore_from_snapshot,
     "prune_backups": prune.prune_backups,
     "verify_backup": drill.verify_backup_step,
+    "acknowledge_drop": integrity.acknowledge_drop_step,
+    "contingency_report": report.report_step,
 }
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
@@ -260,6 +268,7 @@ def run_job(
     run_id = run_id or uuid.uuid4().hex[:12]
     options = dict(options or {})
     started = time.monotonic()
+    started_at = datetime.now(UTC)  # the run journal's clock (service.journal)
     steps: list[StepResult] = []
     error: ServiceError | None = None
     crashed = False
@@ -271,7 +280,11 @@ def run_job(
             validate_request(spec, tuple(args), options, config)
         except ServiceError as exc:
             log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)
-            return JobResult(name, run_id, "failure", 0.0, (), exc)
+            rejected = JobResult(name, run_id, "failure", 0.0, (), exc)
+            journal.record_run(config, rejected, trigger=trigger, started_at=started_at, args=tuple(args),
+                               options=options, store=lambda: (store_factory or S3ObjectStore)(config.backups),
+                               metrics=metrics, log=log, kind="rejected")  # never raises
+            return rejected
         ctx = JobContext(config, spec, run_id, tuple(args), options, scope or CancelScope(), log,
                          store_factory or S3ObjectStore, clock,
                          progress=progress or Progress(enabled=config.settings.progress_seconds > 0))
@@ -325,5 +338,7 @@ def run_job(
                  "skipped": "job.skipped"}[outcome]
         (log.info if outcome in ("success", "skipped") else log.error)(event, **summary)
         result = JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed, ctx.confirmation)
+        journal.record_run(config, result, trigger=trigger, started_at=started_at, args=ctx.args, options=options,
+                           store=ctx.backups_store, metrics=metrics, log=log)  # never raises, bounded
         notify.notify_job_end(config, result, metrics=metrics, log=log)  # never raises
         return result

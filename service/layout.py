@@ -9,6 +9,10 @@ Before the media sync replaces a copy whose content changed, it keeps the
 current one under `backups/media-versions/<media key>/<replaced-at>_<mirrored-at>`
 (service.media_versions), and each backup records the moment of its media in
 `backups/<backup-id>/media.json`.
+The run journal (service.journal) keeps one small record per job run under
+`backups/journal/runs/<YYYY-MM>/`, and the contingency reports under
+`backups/journal/reports/`: neither is a backup, and every listing of backups
+skips both reserved prefixes (`backup_listing_skip`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ VERIFIED_NAME = "verified.json"  # written by a drill that proved the backup res
 # (they all start with a kind of ID_FORMATS), and listings of backups skip it.
 MEDIA_VERSIONS_ID = "media-versions"
 MEDIA_VERSIONS_PREFIX = f"{BACKUPS_PREFIX}{MEDIA_VERSIONS_ID}/"
+ACKNOWLEDGED_NAME = "acknowledged.json"  # an operator accepted the rows a backup found dropped
+# Not a backup either: the run journal and the reports made from it (service.journal).
+JOURNAL_ID = "journal"
+JOURNAL_PREFIX = f"{BACKUPS_PREFIX}{JOURNAL_ID}/"
+JOURNAL_RUNS_PREFIX = f"{JOURNAL_PREFIX}runs/"
+JOURNAL_REPORTS_PREFIX = f"{JOURNAL_PREFIX}reports/"
+RESERVED_IDS = (MEDIA_VERSIONS_ID, JOURNAL_ID)
+RESERVED_PREFIXES = tuple(f"{BACKUPS_PREFIX}{name}/" for name in RESERVED_IDS)
+# A journal key starts with its run's start (UTC, to the microsecond, fixed width): the keys of
+# a month list oldest first, and a month is one prefix.
+_RUN_STAMP = "%Y%m%dT%H%M%S.%fZ"
+_REPORT_DAY = "%Y%m%d"
 # Both stamps are UTC. The first (when the copy was replaced, our clock, to the
 # microsecond) leads and has a fixed width, so a key's versions sort oldest first.
 _REPLACED_FORMAT = "%Y%m%dT%H%M%S.%fZ"
@@ -130,6 +146,59 @@ def parse_media_version_key(version_key: str) -> tuple[str, datetime, datetime] 
     replaced = datetime.strptime(match.group(1), _REPLACED_FORMAT).replace(tzinfo=UTC)
     mirrored = datetime.strptime(match.group(2), _MIRRORED_FORMAT).replace(tzinfo=UTC)
     return key, replaced, mirrored
+
+
+def journal_month_prefix(when: datetime) -> str:
+    """The prefix of the journal records of runs started in `when`'s month (UTC)."""
+    return f"{JOURNAL_RUNS_PREFIX}{when.astimezone(UTC):%Y-%m}/"
+
+
+def journal_record_key(started: datetime, job: str, run_id: str) -> str:
+    """Where the record of run `run_id` of `job`, started at `started`, is kept."""
+    stamp = started.astimezone(UTC).strftime(_RUN_STAMP)
+    return f"{journal_month_prefix(started)}{stamp}_{job}_{run_id}.json"
+
+
+def journal_record_time(key: str) -> datetime | None:
+    """When the run of a journal key started; None for anything else."""
+    if not key.startswith(JOURNAL_RUNS_PREFIX) or not key.endswith(".json"):
+        return None
+    leaf = key.rsplit("/", 1)[-1]
+    try:
+        return datetime.strptime(leaf.split("_", 1)[0], _RUN_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def report_key(since: datetime, until: datetime, made: datetime, suffix: str = "html") -> str:
+    """Where a report of [since, until) made at `made` is stored (the dates are local days)."""
+    return (f"{JOURNAL_REPORTS_PREFIX}{since:{_REPORT_DAY}}-{until:{_REPORT_DAY}}_"
+            f"{made.astimezone(UTC).strftime(_RUN_STAMP)}.{suffix}")
+
+
+def report_key_time(key: str) -> datetime | None:
+    """When a stored report was made; None for anything else."""
+    if not key.startswith(JOURNAL_REPORTS_PREFIX) or "_" not in key:
+        return None
+    try:
+        return datetime.strptime(key.rsplit("_", 1)[-1].rsplit(".", 1)[0], _RUN_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def acknowledged_key(backup_id: str) -> str:
+    return backup_prefix(backup_id) + ACKNOWLEDGED_NAME
+
+
+def reserved_prefix_of(key: str) -> str | None:
+    """The reserved prefix (media versions, journal) `key` lies under, or None."""
+    return next((p for p in RESERVED_PREFIXES if key.startswith(p)), None)
+
+
+def backup_listing_skip(reserved: str) -> str:
+    """The StartAfter that resumes a listing of `backups/` past everything under `reserved`:
+    every key under `backups/<name>/` sorts before `backups/<name>0` ('/' < '0')."""
+    return reserved[:-1] + "0"
 
 
 def is_dump_key(key: str) -> bool:

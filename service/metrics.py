@@ -157,6 +157,20 @@ class Metrics:
         for outcome in ("sent", "failed"):
             for channel in NOTIFY_CHANNELS:
                 self.notifications.labels(outcome=outcome, channel=channel)
+        # The run journal and the integrity watch (service.journal, service.integrity).
+        self.journal_writes = Counter(
+            "fac_backup_journal_writes",
+            "Run journal records written to the backups bucket, and writes that failed or timed out.",
+            ["outcome"], registry=r,
+        )
+        self.rows_dropped_tables = Gauge(
+            "fac_backup_rows_dropped_tables",
+            "Tables the newest complete backup found shrunk beyond FAC_BACKUP_SHRINK_THRESHOLD_PERCENT "
+            "against the backup before it (0: clean, acknowledged, or nothing to compare).", registry=r,
+        )
+        for outcome in ("written", "failed"):
+            self.journal_writes.labels(outcome=outcome)
+        self.rows_dropped_tables.set(0)
         self.build_info = Gauge(
             "fac_backup_build_info", "Always 1; the labels tell the build.", ["version", "python"],
             registry=r,
@@ -282,6 +296,15 @@ class Metrics:
         if value > self._last_success.get(job, 0.0):
             self._last_success[job] = value
             self.job_last_success.labels(job=job).set(value)
+
+
+    def journal_write(self, outcome: str) -> None:
+        """A run journal write ended: `written` or `failed` (including timed out)."""
+        self.journal_writes.labels(outcome=outcome).inc()
+
+    def observe_rows_dropped(self, tables: int) -> None:
+        """Tables flagged by the newest complete backup, unless acknowledged (service.integrity)."""
+        self.rows_dropped_tables.set(tables)
 
 
 def parse_timestamp(text: str) -> float | None:

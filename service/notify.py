@@ -12,6 +12,10 @@ through the proxy service.egress chooses, and the email (service.mail). A channe
 runs out of time is logged (`notify.failed`: channel, reason, detail) and counted
 (`fac_backup_notifications_total{channel, outcome="failed"}`) and never changes how a job ended.
 
+A run also notifies, whatever its outcome, when its backup found rows dropped
+(service.integrity) or when it stored a contingency report: its text then adds
+one line each (`notes`).
+
 The body is JSON that Slack-compatible receivers accept (a `text` line) and
 generic ones can read field by field (`job`, `outcome`, `error`, `hint`,
 `run_id`, `time`, `recovered`, `space`: the cloud.gov space, so one channel
@@ -94,9 +98,30 @@ def build_subject(result, *, recovered: bool = False, space: str | None = None) 
     return f"{_origin(scrub(space) if space else None)}: {_job_label(result, typed=False)} {verb}"
 
 
+def evidence_lines(result) -> list[str]:
+    """Lines a run adds to its notification whatever its outcome: the tables a backup found
+    dropped (service.integrity) and where a contingency report was stored."""
+    lines = []
+    for step in getattr(result, "steps", ()) or ():
+        figures = step.figures or {}
+        dropped = figures.get("rows_dropped") or []
+        if dropped:
+            tables = "; ".join(f"{d['table']} {d['before']:,} -> "
+                               f"{'gone' if d['after'] is None else format(d['after'], ',')}" for d in dropped)
+            lines.append(f"rows dropped in backup {figures.get('backup_id')} against "
+                         f"{figures.get('integrity_baseline')}: {tables}. The baseline is kept until the drop is "
+                         f"acknowledged (run acknowledge_drop {figures.get('backup_id')} if it was a legitimate purge)")
+        if step.name == "contingency_report" and figures.get("report_url"):
+            lines.append(f"contingency report {figures['since'][:10]} to {figures['until'][:10]}: "
+                         f"{figures['report_url']} ({figures['slots_kept']} of {figures['slots']} slots kept, "
+                         f"{figures['flagged_unacknowledged']} unacknowledged drops)")
+    return [scrub(line) for line in lines]
+
+
 def build_payload(result, *, recovered: bool = False, now: datetime | None = None,
-                  space: str | None = None) -> dict:
-    """The JSON body for a finished run (jobs.JobResult); `space` names where it ran."""
+                  space: str | None = None, notes: list[str] | None = None) -> dict:
+    """The JSON body for a finished run (jobs.JobResult); `space` names where it ran; `notes`
+    (evidence_lines) are added to its text, one line each."""
     error = result.error
     space = scrub(space) if space else None
     origin = _origin(space)
@@ -113,7 +138,10 @@ def build_payload(result, *, recovered: bool = False, now: datetime | None = Non
         text += f": {message}" if message else ""
         text += f" (hint: {hint})" if hint else ""
         text += f" (run {result.run_id})"
+    text += "".join(f"\n{line}" for line in notes or ())
     extra = {"binding": confirmed["binding"], "confirmation": confirmed["confirmation"]} if confirmed else {}
+    if notes:
+        extra["notes"] = list(notes)
     return {
         "text": text,
         "service": SERVICE_NAME,
@@ -142,10 +170,11 @@ def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
         failed = result.outcome in FAILED
         recovered = result.outcome == "success" and previous in FAILED
         protected = bool(getattr(result, "confirmation", None)) and result.outcome != "skipped"
-        if not (failed or recovered or protected):
+        notes = evidence_lines(result)
+        if not (failed or recovered or protected or notes):
             return False
         space = getattr(config, "space", None)
-        payload = build_payload(result, recovered=recovered, space=space)
+        payload = build_payload(result, recovered=recovered, space=space, notes=notes)
         subject = build_subject(result, recovered=recovered, space=space)
         return deliver(config, payload, subject, metrics=metrics, log=log)
     except Exception:  # noqa: BLE001 - the notification is best effort by design

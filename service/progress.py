@@ -142,17 +142,13 @@ def estimate_backup_bytes(store, tables) -> int:
 
     Only an estimate for the progress display: any failure falls back to the catalog.
     """
-    from service import catalog, layout  # catalog builds on the storage that imports us
+    from service import catalog  # catalog builds on the storage that imports us
 
     previous: dict[tuple[str, str], int] = {}
     schema = 0
     try:
-        manifests = [o for o in store.list_objects(layout.BACKUPS_PREFIX)
-                     if o.key.endswith("/" + layout.MANIFEST_NAME) and o.last_modified is not None]
-        if manifests:
-            newest = max(manifests, key=lambda o: o.last_modified)
-            backup_id = newest.key[len(layout.BACKUPS_PREFIX):].split("/")[0]
-            manifest = catalog.read_manifest(store, backup_id)
+        manifest = next(catalog.newest_manifests(store), None)
+        if manifest is not None:
             previous = {(t.schema, t.table): t.bytes for t in manifest.tables}
             schema = int(manifest.schema.get("bytes", 0))
     except Exception:  # noqa: BLE001 - an estimate must never fail a backup

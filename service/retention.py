@@ -16,6 +16,9 @@ Rules (README "Retention, drills and notifications"):
   neither manifest nor schema.dump, or nested prefixes) is FOREIGN: never
   deleted by a rule, since no rule can tell how old or how whole it is.
 - A complete backup whose id has no known kind is kept (no kind, no "newest").
+- The integrity watch's hold (service.integrity): while a backup that found rows
+  dropped is not acknowledged, its baseline (the newest backup taken before the
+  drop) and the flagged backup itself are kept whatever else the rules say (`held`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Record:
     state: str  # COMPLETE, INCOMPLETE or FOREIGN
     when: datetime
     bytes: int = 0
+    holds: str = ""  # a flagged, unacknowledged backup: the id of its baseline, which must be kept
 
     @property
     def kind(self) -> str | None:
@@ -77,6 +81,7 @@ class Decision:
     record: Record
     keep: bool
     reason: str
+    held: bool = False  # kept by the integrity watch's hold
 
 
 def _age_text(age: timedelta) -> str:
@@ -144,12 +149,27 @@ def decide(records: Iterable[Record], now: datetime, policy: RetentionPolicy) ->
             if kind not in MILESTONE_KINDS:
                 regular.append(r)
     _pick_periodic(regular, now, policy, reasons)
+    held: set[str] = set()
+    for baseline, flagged in holds_of(records).items():
+        # The flagged backup carries the flag: it stays too, or the hold would end with it.
+        for kept, reason in ((baseline, f"the newest backup before the rows dropped in {flagged}"),
+                             (flagged, f"it found rows dropped against {baseline}")):
+            deletions.pop(kept, None)
+            held.add(kept)
+            reasons[kept] = f"{reason}: kept until that drop is acknowledged (acknowledge_drop {flagged})"
     for r in records:
         if r.id not in reasons and r.id not in deletions:
             min_days, keep_last = policy.for_kind(kinds[r.id])
             deletions[r.id] = (f"older than {min_days} days and not among the newest {keep_last} "
                                f"{kinds[r.id]} backups ({_age_text(now - r.when)} old)")
-    return [Decision(r, r.id in reasons, reasons.get(r.id) or deletions[r.id]) for r in _newest_first(records)]
+    return [Decision(r, r.id in reasons, reasons.get(r.id) or deletions[r.id], r.id in held)
+            for r in _newest_first(records)]
+
+
+def holds_of(records: list[Record]) -> dict[str, str]:
+    """baseline id -> the flagged backup holding it, for baselines that are complete backups."""
+    complete = {r.id for r in records if r.state == COMPLETE}
+    return {r.holds: r.id for r in _newest_first(records) if r.holds and r.holds in complete and r.state == COMPLETE}
 
 
 def _pick_periodic(regular: list[Record], now: datetime, policy: RetentionPolicy, reasons: dict) -> None:

@@ -13,12 +13,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from service import jobs
+from service import jobs, journal
 from service.commands import CancelScope
 from service.errors import LockBusyError, ServiceError
 from service.log import get_logger
 from service.progress import Progress
+from service.storage import S3ObjectStore
 
 
 @dataclass
@@ -113,9 +115,16 @@ class Runner:
                 self._active.pop(active.run_id, None)
 
     def record_skip(self, job: str, reason: str) -> None:
-        """A scheduler fire that never became a run (still running, missed)."""
+        """A scheduler fire that never became a run (still running, missed): logged, counted and
+        journaled (on a thread of its own: this is APScheduler's event thread)."""
         self.log.warning("job.skipped", job=job, reason=reason, trigger="scheduler")
         self.metrics.run_skipped(job, reason, counted=False)
+        record = journal.build_skip_record(job, reason, when=datetime.now(UTC), run_id=uuid.uuid4().hex[:12],
+                                           space=getattr(self.config, "space", None))
+        factory = self._kwargs.get("store_factory") or S3ObjectStore
+        threading.Thread(target=journal.write_record, name="journal-skip", daemon=True,
+                         args=(lambda: factory(self.config.backups), record),
+                         kwargs={"metrics": self.metrics, "log": self.log}).start()
 
     def status(self) -> dict:
         """Running jobs and the last outcome of each job, for `ctl status`."""

@@ -41,7 +41,8 @@ def parse_schedules(settings) -> dict[str, CronScheduleTrigger]:
     wanted = {"scheduled_backup": ("SCHEDULED_CRON", settings.scheduled_cron),
               "daily_backup": ("DAILY_CRON", settings.daily_cron),
               "check_tables": ("CHECK_CRON", settings.check_cron),
-              "verify_backup": ("VERIFY_CRON", settings.verify_cron)}
+              "verify_backup": ("VERIFY_CRON", settings.verify_cron),
+              "contingency_report": ("REPORT_CRON", settings.report_cron)}
     triggers, problems = {}, []
     for job, (variable, expr) in wanted.items():
         if expr.strip().lower() == OFF:

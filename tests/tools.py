@@ -1,4 +1,4 @@
-"""System tools some tests need (promtool, prometheus, faketime): found, or a clear failure.
+"""System tools some tests need (promtool, prometheus, faketime, chromium): found, or a clear failure.
 
 A missing tool fails the test rather than skipping it: a skipped proof reads as a
 passed one. The fresh-machine setup installs them from Debian's packages.
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "faketime": "faketime"}
+PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "faketime": "faketime", "chromium": "chromium"}
 
 
 def require_tool(name: str) -> str:

@@ -22,12 +22,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service import catalog, clients, layout, privileges, progress
+from service import catalog, clients, integrity, layout, privileges, progress
 from service.commands import CancelScope, RunningCommand
 from service.database import (
     TableInfo,
     connect,
     count_rows,
+    database_size,
     export_snapshot,
     import_snapshot,
     list_user_tables,
@@ -87,6 +88,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
                 settings.compression_method):
             log.warning("backup.compression_unsupported", wanted=settings.compression_method,
                         used=compression_spec, pg_dump=dump_version)
+        size = database_size(control)  # autocommit still: a failure here cannot touch the snapshot
         snapshot = export_snapshot(control)
         tables = tuple(list_user_tables(control))
         if not tables:
@@ -104,6 +106,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
         entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump)
         control.execute("COMMIT")
+    checked = integrity.check_backup(ctx, store, entries)  # never raises
     manifest = catalog.Manifest(
         id=backup_id,
         job=ctx.job,
@@ -118,6 +121,8 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         compression=settings.compression,
         before_restore=dict(before_restore or {}),
         compression_spec=compression_spec,
+        integrity=checked,
+        database_bytes=size,
     )
     catalog.write_manifest(store, manifest)
     ctx.backup_id = backup_id
@@ -128,7 +133,9 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         "rows": manifest.total_rows,
         "seconds": round(time.monotonic() - started, 3),
     }
-    log.info("backup.finished", **figures)
+    if checked:
+        figures.update(integrity_baseline=checked["baseline"], rows_dropped=checked["dropped"])
+    log.info("backup.finished", **{k: v for k, v in figures.items() if k != "rows_dropped"})
     return figures
 
 

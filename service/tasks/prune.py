@@ -8,18 +8,21 @@
    no manifest, none is complete, the newest complete one is too old, or the
    last backup run seen by this process failed. A failing system must not eat
    its own history.
-3. Decide, and log every decision with its reason. Without options["apply"]
+3. Decide, and log every decision with its reason (a backup held by the
+   integrity watch is kept: retention.decide). Without options["apply"]
    this is a dry run: nothing is deleted (the CLI's default).
 4. Delete oldest first, each backup's manifest before its dumps and its
    schema.dump last: an interrupted prune leaves at worst an incomplete backup
    (which the next prune removes), never one that looks complete but lacks a dump.
+5. Then the kept media versions no kept backup needs, and the run journal's
+   records and stored reports older than FAC_BACKUP_JOURNAL_KEEP_DAYS.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service import bucket_rules, catalog, kinds, layout, notify
+from service import bucket_rules, catalog, integrity, journal, kinds, layout, notify
 from service.errors import BackupNotFoundError, IntegrityError, SafetyError, ServiceError
 from service.retention import COMPLETE, FOREIGN, INCOMPLETE, Decision, Record, decide, refusal
 from service.storage import ObjectInfo, ObjectStore
@@ -31,9 +34,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def group_prefixes(store: ObjectStore) -> dict[str, list[ObjectInfo]]:
     """backup id -> every object under `backups/<id>/` (nested keys included)."""
     groups: dict[str, list[ObjectInfo]] = {}
-    for obj in store.list_objects(layout.BACKUPS_PREFIX):
+    for obj in catalog.list_backup_objects(store):
         rest = obj.key[len(layout.BACKUPS_PREFIX):]
-        if "/" in rest and not obj.key.startswith(layout.MEDIA_VERSIONS_PREFIX):
+        if "/" in rest:
             groups.setdefault(rest.split("/", 1)[0], []).append(obj)
     return groups
 
@@ -48,7 +51,10 @@ def classify(store: ObjectStore, backup_id: str, objects: list[ObjectInfo]) -> R
         try:
             manifest = catalog.read_manifest(store, backup_id)
             started = datetime.fromisoformat(manifest.started_at)
-            return Record(backup_id, COMPLETE, started if started.tzinfo else started.replace(tzinfo=UTC), size)
+            holds = manifest.integrity.get("baseline", "") if integrity.dropped_tables(manifest) and \
+                layout.ACKNOWLEDGED_NAME not in names else ""
+            return Record(backup_id, COMPLETE, started if started.tzinfo else started.replace(tzinfo=UTC), size,
+                          holds)
         except (IntegrityError, BackupNotFoundError, ValueError):
             pass  # an unreadable manifest: nobody can tell what the backup holds; keep it
     elif not nested and names & {layout.SCHEMA_NAME, layout.PRIVILEGES_NAME} and newest_write is not None:
@@ -138,15 +144,18 @@ def prune_backups(ctx) -> dict:
         deleted, deleted_bytes = len(doomed), sum(d.record.bytes for d in doomed)
     # After the backups: a backup must never outlive the versions its media restore needs.
     versions = prune_media_versions(ctx, store, decisions, now, apply)
+    journaled = journal.prune_journal(store, now, ctx.config.settings.journal_keep_days, apply=apply, log=ctx.log)
     kept = [d for d in decisions if d.keep]
     return {
         **versions,
+        **journaled,
         "applied": apply,
         "kept": len(kept),
         "kept_bytes": sum(d.record.bytes for d in kept),
         "deleted": deleted,  # in a dry run: what --apply would delete
         "deleted_bytes": deleted_bytes,
         "foreign": sum(1 for d in decisions if d.record.state == FOREIGN),
+        "held": sum(1 for d in decisions if d.held),
         "bucket_will_expire": len(expiring),
         "bucket_expiring": [r.as_dict() for r in expiring],
         "decisions": [{"id": d.record.id, "keep": d.keep, "reason": d.reason, "bytes": d.record.bytes}

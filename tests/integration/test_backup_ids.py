@@ -18,7 +18,7 @@ from datetime import datetime
 import pytest
 from structlog.testing import capture_logs
 
-from service import jobs
+from service import jobs, layout
 from service.errors import AmbiguousBackupError
 from service.log import get_logger
 from tests.integration.test_daemon import start_daemon, wait_for  # noqa: F401 - start_daemon is a fixture
@@ -210,7 +210,12 @@ def test_an_id_that_could_mean_two_backups_is_refused_before_anything_is_touched
         assert cli.returncode == 3, cli.stderr
         assert "could mean 2 backups" in cli.stderr and "scheduled/06-04-10   legacy" in cli.stderr
     assert content(box) == before
-    assert {o.key: o.etag for o in store.list_objects()} == objects  # no pre-restore backup, no media kept
+    # No pre-restore backup, no media kept; only the run journal records the four refused runs.
+    after = {o.key: o.etag for o in store.list_objects()}
+    journaled = sorted(k for k in after if k.startswith(layout.JOURNAL_RUNS_PREFIX))
+    assert {k: v for k, v in after.items() if k not in journaled} == objects
+    assert [k.rsplit("/", 1)[1].split("_", 1)[1].rsplit("_", 1)[0] for k in journaled] == \
+        ["s3_restore", "media_restore", "verify_backup", "s3_restore"]
 
     daemon = start_daemon()
     daemon.wait_healthy()

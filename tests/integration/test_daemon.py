@@ -138,6 +138,7 @@ def start_daemon(sandbox):
     def start(**overrides: str) -> Daemon:
         env = dict(sandbox.environ, PORT=str(free_port()), FAC_BACKUP_SCHEDULED_CRON=NEVER,
                    FAC_BACKUP_DAILY_CRON=NEVER, FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off",
+                   FAC_BACKUP_REPORT_CRON="off",
                    FAC_BACKUP_CATCH_UP="false", FAC_BACKUP_METRICS_REFRESH_SECONDS="1")
         env.update(overrides)
         daemon = Daemon(env, sandbox.tmp)

@@ -22,7 +22,7 @@ def start_faked(sandbox, clock_utc: str, **schedules: str) -> Daemon:
     env = dict(sandbox.environ, **faketime_environ(clock_utc), PORT=str(free_port()),
                FAC_BACKUP_TIMEZONE="America/Los_Angeles", FAC_BACKUP_CATCH_UP="false",
                FAC_BACKUP_SCHEDULED_CRON="off", FAC_BACKUP_DAILY_CRON="off",
-               FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off")
+               FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off", FAC_BACKUP_REPORT_CRON="off")
     env.update(schedules)
     return Daemon(env, sandbox.tmp)
 

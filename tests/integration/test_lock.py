@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from service import jobs
+from service import catalog, jobs, journal
 from service.commands import CancelScope
 from service.errors import LockBusyError
 from service.locking import LOCK_KEY, hold_service_lock
@@ -67,7 +68,11 @@ def test_scheduled_run_is_skipped_and_counted_when_the_lock_is_taken(sample_db, 
     assert "held by server process" in result.error.detail
     assert sample_value(metrics, "fac_backup_job_runs_total", job="db_to_s3", outcome="skipped") == 1
     assert sample_value(metrics, "fac_backup_job_skipped_total", job="db_to_s3", reason="lock_busy") == 1
-    assert list(sample_db.store().list_objects("backups/")) == []
+    assert list(catalog.list_backup_objects(sample_db.store())) == []
+    # The run journal shows the skip, so the contingency report can name the slot and its reason.
+    records = journal.read_records(sample_db.store(), datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC))
+    assert [(r["job"], r["outcome"], r["reason"], r["trigger"]) for r in records] == \
+        [("db_to_s3", "skipped", "lock_busy", "scheduler")]
 
 
 def test_one_off_run_waits_says_so_then_fails_with_exit_4(sample_db, other_holder):
@@ -80,7 +85,7 @@ def test_one_off_run_waits_says_so_then_fails_with_exit_4(sample_db, other_holde
     assert result.outcome == "failure" and result.exit_code == 4
     assert isinstance(result.error, LockBusyError)
     assert any(e["event"] == "lock.waiting" for e in events)
-    assert list(sample_db.store().list_objects("backups/")) == []
+    assert list(catalog.list_backup_objects(sample_db.store())) == []
 
 
 def test_one_off_run_proceeds_as_soon_as_the_lock_is_released(sample_db, other_holder):

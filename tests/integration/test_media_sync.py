@@ -9,7 +9,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from structlog.testing import capture_logs
 
-from service import jobs
+from service import jobs, layout
 from service.errors import SyncError
 from service.log import get_logger
 from service.storage import MIN_PART_SIZE, S3ObjectStore, build_s3_client
@@ -44,6 +44,8 @@ class Recorder:
         return S3ObjectStore(binding, client=client)
 
     def _record(self, model, params, **_kwargs) -> None:
+        if params.get("Key", "").startswith(layout.JOURNAL_PREFIX):
+            return  # the run's journal record (service.journal), not an operation of the sync
         with self.lock:
             self.ops.append((model.name, params.get("Key", "")))
 
@@ -76,7 +78,9 @@ def fill(store, objects: dict[str, bytes]) -> None:
 
 
 def contents(store) -> dict[str, bytes]:
-    return {o.key: store.get_bytes(o.key) for o in store.list_objects()}
+    """Every object but the runs' journal records."""
+    return {o.key: store.get_bytes(o.key) for o in store.list_objects()
+            if not o.key.startswith(layout.JOURNAL_PREFIX)}
 
 
 def test_media_is_copied_key_for_key_and_backups_prefix_is_never_touched(sandbox):

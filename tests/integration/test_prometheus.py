@@ -94,7 +94,7 @@ def test_prometheus_raises_job_failed_when_a_backup_fails(sample_db, tmp_path):
     FacBackupJobFailed{job="db_to_s3"} pending or firing in Prometheus' API."""
     env = dict(sample_db.environ, PORT=str(free_port()), FAC_BACKUP_SCHEDULED_CRON=NEVER,
                FAC_BACKUP_DAILY_CRON=NEVER, FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off",
-               FAC_BACKUP_CATCH_UP="false",
+               FAC_BACKUP_REPORT_CRON="off", FAC_BACKUP_CATCH_UP="false",
                FAC_BACKUP_PG_BIN=str(write_failing_pg_dump(tmp_path / "pgbin")))
     daemon = Daemon(env, tmp_path)
     prometheus = None

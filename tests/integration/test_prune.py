@@ -39,7 +39,8 @@ def put_backup(store, backup_id: str, started: datetime, *, manifest: bool = Tru
 
 
 def keys(store) -> set[str]:
-    return {o.key for o in store.list_objects(layout.BACKUPS_PREFIX)}
+    """Every backup's objects (the runs' journal records are not backups)."""
+    return {o.key for o in catalog.list_backup_objects(store)}
 
 
 def assert_nothing_looks_complete_but_is_not(store) -> None:

@@ -232,7 +232,7 @@ esac"""
         # machine shared by many test runs can take far longer than cloud.gov's 10 s grace.
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 5, err
-        assert list(box.store().list_objects("backups/")) == []
+        assert list(catalog.list_backup_objects(box.store())) == []
         assert box.open_uploads() == []
         survivors = processes_mentioning(f"sleep {marker}") + processes_mentioning(str(bin_dir))
         assert survivors == [], survivors
@@ -266,7 +266,7 @@ def test_pg_dump_dying_after_its_multipart_upload_opened_leaves_nothing(sample_d
     assert result.outcome == "failure"
     assert "public.big" in result.error.message and "pg_dump was killed by SIGKILL" in result.error.message
     assert box.open_uploads() == []
-    assert list(box.store().list_objects("backups/")) == []
+    assert list(catalog.list_backup_objects(box.store())) == []
 
 
 # --- copy_from: a cancel after the multipart copy opened ----------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service import catalog, clients, jobs, layout, sample_data
+from service import catalog, clients, jobs, sample_data
 from service.config import load_config
 from service.sample_data import load_sample_database
 from service.sandbox import LocalPostgres, _free_port, build_client_root, embedded_pg_bin
@@ -270,7 +270,7 @@ def test_db_restore_from_an_18_snapshot_into_a_15_fac_db_is_refused(box15, pg18_
         assert "into fac-db (PostgreSQL 15." in result.error.message
         with box15.connect() as conn:
             assert fingerprint(conn) == before
-        assert list(box15.store().list_objects(layout.BACKUPS_PREFIX)) == []
+        assert list(catalog.list_backup_objects(box15.store())) == []
     finally:
         pg18_server.drop_database(snapshot)
 

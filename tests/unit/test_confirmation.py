@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from service import jobs, notify
 from service.config import load_config
 from service.errors import ConfirmationRequiredError, ServiceError
+from service.storage import MemoryObjectStore
 from tests.unit.test_config import vcap
 
 PRODUCTION = json.dumps({"application_name": "fac-backup", "space_name": "production", "organization_name": "gsa"})
@@ -106,11 +107,15 @@ def test_unprotected_jobs_need_no_confirmation_in_a_space():
     jobs.validate_request(jobs.get_job("on_demand_backup"), (), {}, config)
 
 
+def MEMORY(_binding):  # noqa: N802 - the run journal's bucket: these configs name AWS endpoints
+    return MemoryObjectStore("backups")
+
+
 def test_a_refused_restore_runs_no_step_and_logs_the_refusal():
     """run_job: the refusal is one `job.rejected` event with the hint, exit 3, no step started."""
     with capture_logs() as logs:
         result = jobs.run_job(config_in(PRODUCTION), "db_restore", (), options={"confirm": "fac-db"},
-                              lock_guard=lambda _ctx: contextlib.nullcontext())
+                              lock_guard=lambda _ctx: contextlib.nullcontext(), store_factory=MEMORY)
     assert result.exit_code == 3 and result.steps == ()
     (rejected,) = [e for e in logs if e["event"] == "job.rejected"]
     assert rejected["hint"] == "repeat the command with --confirm production/fac-db"
@@ -123,11 +128,11 @@ def test_the_result_of_a_restore_carries_space_binding_and_confirmation(monkeypa
     monkeypatch.setitem(jobs.STEPS, "media_restore", lambda _ctx: {})
     config = config_in(PRODUCTION)
     result = jobs.run_job(config, "db_restore", (), options={"confirm": "production/fac-db"},
-                          lock_guard=lambda _ctx: contextlib.nullcontext())
+                          lock_guard=lambda _ctx: contextlib.nullcontext(), store_factory=MEMORY)
     assert result.outcome == "success"
     assert result.confirmation == {"space": "production", "binding": "fac-db", "confirmation": "production/fac-db"}
     monkeypatch.setitem(jobs.STEPS, "check_tables", lambda _ctx: {})
-    other = jobs.run_job(config, "check_tables", lock_guard=lambda _ctx: contextlib.nullcontext())
+    other = jobs.run_job(config, "check_tables", lock_guard=lambda _ctx: contextlib.nullcontext(), store_factory=MEMORY)
     assert other.confirmation is None
 
 

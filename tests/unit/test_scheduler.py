@@ -105,6 +105,9 @@ def test_daily_default_is_once_a_day_outside_working_hours():
 def test_schedules_can_be_switched_off_and_errors_are_listed_together():
     """'off' disables a schedule; every bad expression is named in one ConfigError."""
     settings = load_settings({"FAC_BACKUP_CHECK_CRON": "off", "FAC_BACKUP_VERIFY_CRON": "off"}, [])
+    assert set(parse_schedules(settings)) == {"scheduled_backup", "daily_backup", "contingency_report"}
+    settings = load_settings({"FAC_BACKUP_CHECK_CRON": "off", "FAC_BACKUP_VERIFY_CRON": "off",
+                              "FAC_BACKUP_REPORT_CRON": "off"}, [])
     assert set(parse_schedules(settings)) == {"scheduled_backup", "daily_backup"}
     bad = load_settings({"FAC_BACKUP_SCHEDULED_CRON": "nope", "FAC_BACKUP_DAILY_CRON": "0 99 * * *"}, [])
     with pytest.raises(ConfigError) as info:

@@ -50,7 +50,8 @@ def test_without_apt_get_it_lists_every_missing_package_and_installs_nothing(tmp
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("fac-backup cannot set up this machine.") == 1
     assert "this is not Debian or Ubuntu (no apt-get)" in done.stderr
-    for package, proof in (("prometheus", "promtool"), ("faketime", "faketime"), ("make", "make")):
+    for package, proof in (("prometheus", "promtool"), ("faketime", "faketime"), ("make", "make"),
+                           ("chromium", "chromium")):
         assert f"  {package}: " in done.stderr and f"({proof} is missing)" in done.stderr
     assert not (tmp_path / "fac-backup-setup-system.log").exists()
 
