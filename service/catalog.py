@@ -52,6 +52,17 @@ class Manifest:
     # A pre-restore backup names the restore it was taken before: space, binding, confirmation
     # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.
     before_restore: dict = field(default_factory=dict)
+    # What the backup occupies on disk once restored, measured at backup time (service.space):
+    # {"restored_bytes", "tables": [[schema, table, bytes], ...], "matviews_bytes", "database_bytes"}.
+    # Each table's bytes are its on-disk size with TOAST and indexes. Empty in older backups
+    # (a restore then estimates from the dumps, roughly). A top-level key, so that older
+    # versions of the service, which ignore keys they do not know, still read the manifest.
+    disk: dict = field(default_factory=dict)
+
+    @property
+    def restored_bytes(self) -> int:
+        """On-disk bytes a restore creates (0: not recorded)."""
+        return int(self.disk.get("restored_bytes", 0) or 0)
 
     @property
     def total_bytes(self) -> int:
@@ -65,8 +76,9 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["tables"] = [asdict(t) for t in self.tables]
-        if not data["before_restore"]:
-            del data["before_restore"]
+        for optional in ("before_restore", "disk"):
+            if not data[optional]:
+                del data[optional]
         return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
 
     @classmethod

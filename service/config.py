@@ -8,6 +8,7 @@ FAC_BACKUP_ prefix; standard names (PORT, VCAP_SERVICES) stay standard.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class Settings:
     prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
     progress_seconds: float = 30.0  # one step.progress event per this many seconds of a step; 0: off
     bucket_expiry_days: int | None = None  # the backups bucket's expiry when its rules cannot be read
+    # Allocated storage of each database binding, in GB as the RDS broker's `storage` parameter gives it
+    # (service.space: GiB, 2^30 bytes); None: unknown, so the snapshot copy takes the space-safe method
+    fac_db_storage_gb: float | None = None
+    snapshot_db_storage_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,26 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",
         progress_seconds=r.number("PROGRESS_SECONDS", 30.0, 0.0),
         bucket_expiry_days=r.integer("BUCKET_EXPIRY_DAYS", 0, 1, 36500) if r.raw("BUCKET_EXPIRY_DAYS") else None,
+        # Database storage (the disks production gives each binding)
+        fac_db_storage_gb=read_storage_gb(r, "FAC_DB_STORAGE_GB"),
+        snapshot_db_storage_gb=read_storage_gb(r, "SNAPSHOT_DB_STORAGE_GB"),
     )
+
+
+def read_storage_gb(r: _Reader, name: str) -> float | None:
+    """A binding's allocated storage in GB (decimals allowed, as the broker's `storage`); None when unset."""
+    value = r.raw(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number <= 0 or number > 65536:
+        r.problems.append(f"{PREFIX}{name}={value!r} must be the binding's storage in GB, a number above 0 "
+                          "(the `storage` of its RDS plan, e.g. 200; decimals allowed)")
+        return None
+    return number
 
 
 def read_retention(r: _Reader) -> RetentionPolicy:
