@@ -10,12 +10,17 @@ of two ways (service.space has the figures):
   highest. (1) The `refreshing` record and the drop of every user schema
   commit together, so the old copy's files are freed before anything is
   loaded and the snapshot never passes for complete while it is not.
-  (2) The definitions. (3) Each table: emptied and loaded frozen in a
-  transaction of its own. (4) Statistics, indexes and constraints.
-  (5) Materialized views, sequences, grants, the row counts compared with the
-  source snapshot, and the `complete` record. The peak is one copy plus the
-  largest index build and the WAL room. Chosen when both copies would not
-  fit, and when the storage is unknown.
+  (2) The definitions. (3) Each table, largest first, in a transaction of
+  its own: emptied, loaded frozen, and, when it is large, analyzed and given
+  its indexes and its primary-key, unique and exclusion constraints
+  (split_post_data). (4) The rest of post-data: foreign keys, triggers,
+  policies, the small tables' indexes. (5) Materialized views, sequences,
+  grants, the row counts compared with the source snapshot, and the
+  `complete` record. Measured, the peak is one copy plus the WAL: building a
+  large table's indexes right after its load puts their sort files on the
+  disk while the smaller tables are not loaded yet, where building them all
+  at the end put the largest index's sort files on top of the whole copy.
+  Chosen when both copies would not fit, and when the storage is unknown.
 
 A refresh stopped in place tries to write `failed` with its error; one
 killed leaves `refreshing`. db_restore refuses both (service.tasks.db_restore).
@@ -24,17 +29,69 @@ killed leaves `refreshing`. db_restore refuses both (service.tasks.db_restore).
 from __future__ import annotations
 
 import contextlib
+import re
+import tempfile
 
 import psycopg
 
-from service import space
-from service.database import connect
+from service import copier, space
+from service.commands import run_command
+from service.database import connect, translated_errors
 from service.errors import ServiceError
 from service.loader import build_lock_timeout_sql
 from service.log import scrub
+from service.pgtools import build_pg_restore_command
 from service.refresh_record import FAILED, REFRESHING, RefreshRecord, write_refresh_record
 
 FAILURE_WRITE_SECONDS = 10  # writing the failed record must not hold up a cancelled job's exit
+
+# `pg_restore --list` lines: "3316; 2606 16414 CONSTRAINT public t t_pkey owner" (dump id, the
+# catalog and the object's OID at the source, then its type): the OIDs say whose entry it is.
+LIST_ENTRY = re.compile(r"^\d+; (\d+) (\d+) (INDEX|CONSTRAINT) ")
+CONSTRAINTS, INDEXES = 2606, 1259  # pg_constraint, pg_class
+OWNING_TABLES_SQL = """
+SELECT x.catalog, x.oid, n.nspname, t.relname FROM (
+    SELECT 2606 AS catalog, oid, conrelid AS rel FROM pg_constraint
+    WHERE oid = ANY(%(constraints)s::oid[]) AND contype IN ('p', 'u', 'x')
+  UNION ALL
+    SELECT 1259, indexrelid, indrelid FROM pg_index WHERE indexrelid = ANY(%(indexes)s::oid[])) x
+JOIN pg_class t ON t.oid = x.rel AND t.relkind = 'r'
+JOIN pg_namespace n ON n.oid = t.relnamespace
+"""
+
+
+def split_post_data(ctx, control: psycopg.Connection, archive: bytes, pg_restore: str, env: dict,
+                    tables: set[tuple[str, str]]) -> tuple[dict[tuple[str, str], str], str]:
+    """The post-data of a schema-only `archive` as ({table: the SQL of its indexes and its primary-key,
+    unique and exclusion constraints}, for each of `tables` that has any, and the SQL of the rest in
+    the archive's order). `control` is in the source snapshot the archive was dumped from."""
+    listing = run_command(build_pg_restore_command(pg_restore, list_only=True, sections=("post-data",)),
+                          env, input_bytes=archive, scope=ctx.scope).decode("utf-8").splitlines()
+    found = [(line, LIST_ENTRY.match(line)) for line in listing if not line.startswith(";")]
+    wanted = {"constraints": [], "indexes": []}
+    for _, m in found:
+        if m:
+            wanted["constraints" if int(m.group(1)) == CONSTRAINTS else "indexes"].append(int(m.group(2)))
+    with translated_errors("reading which tables the indexes and constraints belong to"):
+        owners = {(catalog, oid): (schema, name)
+                  for catalog, oid, schema, name in control.execute(OWNING_TABLES_SQL, wanted).fetchall()}
+    per_table: dict[tuple[str, str], list[str]] = {}
+    rest = []
+    for line, m in found:
+        owner = owners.get((int(m.group(1)), int(m.group(2)))) if m else None
+        if owner in tables:
+            per_table.setdefault(owner, []).append(line)
+        else:
+            rest.append(line)
+
+    def restore(lines: list[str]) -> str:
+        with tempfile.NamedTemporaryFile("w", suffix=".list", encoding="utf-8") as chosen:
+            chosen.write("\n".join(lines) + "\n")
+            chosen.flush()
+            argv = build_pg_restore_command(pg_restore, use_list=chosen.name, extra=("--file=-",))
+            return copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
+
+    return {table: restore(lines) for table, lines in per_table.items()}, restore(rest) if rest else ""
 
 
 def choose_method(ctx, control: psycopg.Connection, source, target) -> space.RefreshPlan:

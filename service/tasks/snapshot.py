@@ -29,7 +29,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
@@ -43,7 +43,7 @@ from service.loader import build_lock_timeout_sql
 from service.log import scrub
 from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command
 from service.refresh_record import COMPLETE, REFRESHING, RefreshRecord, write_refresh_record
-from service.tasks.refresh import Replacement, choose_method, record_failure
+from service.tasks.refresh import Replacement, choose_method, record_failure, split_post_data
 from service.vcap import DatabaseBinding
 
 APPLICATION_NAME = "fac-backup-db_to_db"
@@ -62,9 +62,11 @@ class SourcePlan:
     sequences: tuple[tuple[str, str, int, bool], ...]
     matviews: tuple[tuple[str, str], ...]
     pre_data: str
-    post_data: str
+    post_data: str  # in place: what is left of it once the large tables have their own
     privileges: dict
     psql: str = "psql"  # reads the source (service.clients: the source's major)
+    # In place: each large table's indexes and constraints, built right after its load
+    table_post_data: dict = field(default_factory=dict)
 
 
 def copy_database(ctx) -> dict:
@@ -102,7 +104,7 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
         chosen = choose_method(ctx, control, source, target) if record_refresh else None
         replacement = Replacement(ctx, target.name, in_place=chosen is not None and chosen.method == space.IN_PLACE)
         with _stage(ctx, f"reading the source {source.name}"):
-            plan = _read_plan(ctx, control, env, programs.source)
+            plan = _read_plan(ctx, control, env, programs.source, replacement.in_place)
             # Binary COPY moves about the heap and TOAST size: the catalog's estimate, no lock taken.
             ctx.progress.expect(bytes=sum(t.total_bytes for t in list_user_tables(control)),
                                 items=len(plan.tables), unit="tables")
@@ -139,8 +141,10 @@ def _refuse_unsafe_target(ctx, source, target, allow_live_target: bool) -> None:
             hint="only a confirmed restore may write into the live database")
 
 
-def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Client) -> SourcePlan:
-    """Export the snapshot and read everything the copy needs from it, DDL included."""
+def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Client,
+               in_place: bool = False) -> SourcePlan:
+    """Export the snapshot and read everything the copy needs from it, DDL included (in place, the
+    large tables' own indexes and constraints apart: service.tasks.refresh.split_post_data)."""
     pg_dump, pg_restore = client.program("pg_dump"), client.program("pg_restore")
     snapshot = export_snapshot(control)
     with translated_errors("reading the source's tables and sequences"):
@@ -153,12 +157,15 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Clie
     archive = run_command(
         build_pg_dump_command(pg_dump, snapshot=snapshot, compression=0, extra=DDL_OPTIONS),
         env, scope=ctx.scope)
-    ddl = {}
-    for section in ("pre-data", "post-data"):
+    ddl, per_table = {}, {}
+    for section in ("pre-data",) if in_place else ("pre-data", "post-data"):
         argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
         ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
+    if in_place:
+        large = {(t.schema, t.name) for t in tables if t.total_bytes >= ANALYZE_FROM_BYTES}
+        per_table, ddl["post-data"] = split_post_data(ctx, control, archive, pg_restore, env, large)
     return SourcePlan(snapshot, taken_at, tuple(tables), tuple(sequences), tuple(matviews),
-                      ddl["pre-data"], ddl["post-data"], grants, client.program("psql"))
+                      ddl["pre-data"], ddl["post-data"], grants, client.program("psql"), per_table)
 
 
 class _Counter:
@@ -237,11 +244,12 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             # the moment it commits, with plans as good as the source's, rather than
             # wait for autovacuum; the foreign-key checks of post-data plan with them
             # too. (About 0.5 s on the 1.2 GB benchmark database.)
-            large = [t for t in plan.tables if t.total_bytes >= ANALYZE_FROM_BYTES]
-            if large:
+            large = [t for t in plan.tables if t.total_bytes >= ANALYZE_FROM_BYTES and not run.in_place]
+            if large:  # (in place, each was analyzed after its load)
                 conn.execute(sql.SQL("ANALYZE {}").format(
                     sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in large)))
-            conn.execute(plan.post_data)
+            if plan.post_data.strip():
+                conn.execute(plan.post_data)
             run.step_done(conn)
         with _stage(ctx, f"setting sequences and materialized views in {target.name}", run):
             _finish_objects(conn, plan)
@@ -300,6 +308,10 @@ def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: Data
                     nbytes = copier.pump(ctx.progress.counting(producer.stdout), copy, table.qualified,
                                          producer_check=producer.check)
                 rows = cur.rowcount
+                if run.in_place and table.total_bytes >= ANALYZE_FROM_BYTES:
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.schema, table.name)))
+                    if plan.table_post_data.get((table.schema, table.name)):
+                        cur.execute(plan.table_post_data[(table.schema, table.name)])
                 run.step_done(conn)
             producer.close()
             yield table, rows, nbytes
