@@ -17,12 +17,14 @@ page counts, stands for the sort files of building it.
 
 The peaks (service.tasks.snapshot, the restores):
 - in place (the snapshot refresh): the target server's other databases, one
-  copy, the largest index build and the WAL room. The old contents are
-  dropped and committed first, so their files are gone before the load.
+  copy and the WAL room. The old contents are dropped and committed first,
+  so their files are gone before the load, and each large table's indexes
+  are built after its own load (service.tasks.refresh), so their sort files
+  never sit on top of the whole copy.
 - all or nothing (the snapshot copy when it fits, every restore into
   fac-db): the server as it is, old copy included (its files live until
-  COMMIT), the new copy, and the WAL room (and the largest index build, for
-  the copy).
+  COMMIT), the new copy, and the WAL room (and, for the copy, the sort files
+  of its largest index, built once everything is loaded).
 HEADROOM (10% of the storage) stays free under an all-or-nothing peak: RDS
 turns `storage-full` before the last byte, the OS, logs and sort files need
 room, WAL outgrows max_wal_size while the archiver lags, and every figure
@@ -155,12 +157,22 @@ class RefreshPlan:
         return {f"space_{k}" if k != "method" else k: v for k, v in asdict(self).items()}
 
 
+def refresh_peaks(target: ServerSpace, copy_bytes: int, largest_index: int) -> tuple[int, int]:
+    """(in place, all or nothing): the peak bytes on the target's server of each way of refreshing.
+
+    In place, a large table's indexes are built right after its load, largest table first, so
+    their sort files come and go before the rest is loaded: the peak is the whole copy. All or
+    nothing builds every index on top of both copies: the largest one's sort files add to it.
+    """
+    wal = target.wal_room_bytes
+    return target.others_bytes + copy_bytes + wal, target.server_bytes + copy_bytes + largest_index + wal
+
+
 def plan_refresh(storage: int | None, target: ServerSpace, copy_bytes: int, largest_index: int, *,
                  target_name: str, setting: str = SETTINGS["snapshot_db"]) -> RefreshPlan:
     """Choose the snapshot refresh's method (module docstring); SafetyError, naming the fix, when
     the known storage cannot hold even one copy."""
-    in_place = target.others_bytes + copy_bytes + largest_index + target.wal_room_bytes
-    both = target.server_bytes + copy_bytes + largest_index + target.wal_room_bytes
+    in_place, both = refresh_peaks(target, copy_bytes, largest_index)
     figures = dict(copy_bytes=copy_bytes, in_place_bytes=in_place, all_or_nothing_bytes=both)
     if storage is None:
         return RefreshPlan(IN_PLACE, f"{setting} is not set, so {target_name}'s storage is unknown: the "
@@ -174,8 +186,7 @@ def plan_refresh(storage: int | None, target: ServerSpace, copy_bytes: int, larg
             f"refusing to refresh {target_name}: even one copy of the data needs about {format_gb(in_place)} "
             f"there, more than its {format_gb(storage)} of storage; nothing was touched (the old copy stays)",
             detail=_detail(("other databases", target.others_bytes), ("one copy", copy_bytes),
-                           ("largest index build", largest_index), ("WAL room", target.wal_room_bytes),
-                           ("storage", storage)),
+                           ("WAL room", target.wal_room_bytes), ("storage", storage)),
             hint=grow_hint(target_name, setting, gb))
     return RefreshPlan(IN_PLACE, f"{target_name}'s {format_gb(storage)} cannot hold both copies with "
                        f"{HEADROOM:.0%} to spare (that needs {format_gb(required_storage(both))}); one copy "
@@ -253,11 +264,15 @@ def estimate_from_dumps(dump_bytes: int, compressed: bool = True) -> int:
 
 def restored_size(found) -> tuple[int, bool, str]:
     """(bytes, rough, basis) of what restoring `found` (service.finder.FoundBackup) puts on disk."""
-    manifest = found.manifest
-    if manifest is None:
+    if found.manifest is None:
         dumps = sum(t.bytes for t in found.legacy_tables)
         return (estimate_from_dumps(dumps), True,
                 f"legacy backup: {format_gb(dumps)} of dumps x {COMPRESSED_EXPANSION:g}, a rough estimate")
+    return manifest_restored_size(found.manifest)
+
+
+def manifest_restored_size(manifest) -> tuple[int, bool, str]:
+    """(bytes, rough, basis) of what restoring the backup of `manifest` (catalog.Manifest) puts on disk."""
     if manifest.restored_bytes > 0:
         return manifest.restored_bytes, False, "recorded at backup time: tables with indexes, materialized views"
     dumps = sum(t.bytes for t in manifest.tables) + int(manifest.schema.get("bytes", 0))
