@@ -228,7 +228,8 @@ def read_storage_gb(r: _Reader, name: str) -> float | None:
         number = float("nan")
     if not math.isfinite(number) or number <= 0 or number > 65536:
         r.problems.append(f"{PREFIX}{name}={value!r} must be the binding's storage in GB, a number above 0 "
-                          "(the `storage` of its RDS plan, e.g. 200; decimals allowed)")
+                          "and at most 65536, RDS's largest (the `storage` of its RDS plan, e.g. 200; "
+                          "decimals allowed)")
         return None
     return number
 

@@ -221,24 +221,46 @@ def test_failing_pg_dump_leaves_the_target_unchanged(sample_db, tmp_path):
     assert snapshot_print(sample_db) == before
 
 
+def copy_with_backend_terminated(box, tmp_path):
+    """db_to_db whose loading backend is terminated (pg_terminate_backend) in the middle of a COPY."""
+    fake = install_fake_programs(box, tmp_path, psql_fault=PSQL_FAULTS["gated"])
+
+    def terminate_mid_copy():
+        pid = loading_backend(box)
+        with box.pg.connect() as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        open_gate(fake["gate"])
+
+    killer = threading.Thread(target=terminate_mid_copy)
+    killer.start()
+    result = box.run("db_to_db")
+    killer.join()
+    return result
+
+
+def copy_cancelled(box, tmp_path):
+    """db_to_db whose run is cancelled (as SIGTERM does) in the middle of a COPY."""
+    install_fake_programs(box, tmp_path, psql_fault=PSQL_FAULTS["gated"])
+    scope = CancelScope()
+
+    def cancel_mid_copy():
+        loading_backend(box)
+        scope.cancel("SIGTERM")
+
+    canceller = threading.Thread(target=cancel_mid_copy)
+    canceller.start()
+    result = box.run("db_to_db", scope=scope)
+    canceller.join()
+    return result
+
+
 def test_terminated_target_connection_mid_load_leaves_the_target_unchanged(sample_db, tmp_path):
     """pg_terminate_backend on the loading backend during COPY: the step fails and the snapshot is as before."""
     give_room_for_both(sample_db)
     copy_ok(sample_db, "all_or_nothing")
     change_source(sample_db)
     before = snapshot_print(sample_db)
-    fake = install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
-
-    def terminate_mid_copy():
-        pid = loading_backend(sample_db)
-        with sample_db.pg.connect() as admin:
-            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
-        open_gate(fake["gate"])
-
-    killer = threading.Thread(target=terminate_mid_copy)
-    killer.start()
-    result = sample_db.run("db_to_db")
-    killer.join()
+    result = copy_with_backend_terminated(sample_db, tmp_path)
     assert result.outcome == "failure"
     assert "left as it was" in result.error.message and "connection" in result.error.hint
     assert snapshot_print(sample_db) == before
@@ -250,17 +272,7 @@ def test_cancel_mid_load_leaves_the_target_unchanged(sample_db, tmp_path):
     copy_ok(sample_db, "all_or_nothing")
     change_source(sample_db)
     before = snapshot_print(sample_db)
-    install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
-    scope = CancelScope()
-
-    def cancel_mid_copy():
-        loading_backend(sample_db)
-        scope.cancel("SIGTERM")
-
-    canceller = threading.Thread(target=cancel_mid_copy)
-    canceller.start()
-    result = sample_db.run("db_to_db", scope=scope)
-    canceller.join()
+    result = copy_cancelled(sample_db, tmp_path)
     assert result.outcome == "aborted"
     assert snapshot_print(sample_db) == before
 

@@ -10,19 +10,18 @@ before anything is touched. (On real small disks: test_disk_space.py.)
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 from structlog.testing import capture_logs
 
-from service.commands import CancelScope
 from service.refresh_record import FAILED
 from tests.integration.test_db_to_db import (
     PSQL_FAULTS,
+    assert_snapshot_equals_source,
+    copy_cancelled,
     copy_ok,
+    copy_with_backend_terminated,
     install_fake_programs,
-    loading_backend,
-    open_gate,
     snapshot_print,
 )
 from tests.integration.test_restore import CONFIRM, database_state, pre_restore_ids, take_backup
@@ -62,37 +61,32 @@ def test_a_faulty_producer_in_place_leaves_a_failed_snapshot(sample_db, tmp_path
 def test_a_terminated_target_connection_in_place_is_recorded_on_a_new_one(sample_db, tmp_path):
     """The loading backend terminated mid-COPY: the failed record is written over a fresh connection."""
     copy_ok(sample_db, "in_place")
-    fake = install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
-
-    def terminate_mid_copy():
-        pid = loading_backend(sample_db)
-        with sample_db.pg.connect() as admin:
-            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
-        open_gate(fake["gate"])
-
-    killer = threading.Thread(target=terminate_mid_copy)
-    killer.start()
-    result = sample_db.run("db_to_db")
-    killer.join()
+    result = copy_with_backend_terminated(sample_db, tmp_path)
     assert_left_failed(sample_db, result, detail="dissemination_general")
 
 
 def test_a_cancel_in_place_leaves_a_failed_snapshot(sample_db, tmp_path):
     """A cancel (SIGTERM) during the load in place: the run is aborted and the snapshot marked failed."""
     copy_ok(sample_db, "in_place")
-    install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
-    scope = CancelScope()
-
-    def cancel_mid_copy():
-        loading_backend(sample_db)
-        scope.cancel("SIGTERM")
-
-    canceller = threading.Thread(target=cancel_mid_copy)
-    canceller.start()
-    result = sample_db.run("db_to_db", scope=scope)
-    canceller.join()
+    result = copy_cancelled(sample_db, tmp_path)
     assert result.outcome == "aborted"
     assert_left_failed(sample_db, result, detail="cancel")
+
+
+def test_in_place_an_inheritance_parent_loaded_after_its_child_leaves_the_child_whole(sample_db):
+    """Old-style inheritance: emptying the parent before its load must not empty the child loaded
+    before it (the larger table goes first), so the copy still equals the source."""
+    with sample_db.connect() as conn:
+        conn.execute("CREATE TABLE public.note_parent (id int, body text)")
+        conn.execute("CREATE TABLE public.note_child (extra text) INHERITS (public.note_parent)")
+        conn.execute("INSERT INTO public.note_parent SELECT i, 'p' FROM generate_series(1, 10) i")
+        conn.execute("INSERT INTO public.note_child SELECT i, repeat('c', 200), 'x' FROM generate_series(1, 500) i")
+        conn.execute("ANALYZE public.note_parent, public.note_child")
+    copy_ok(sample_db, "in_place")
+    copy_ok(sample_db, "in_place")
+    assert_snapshot_equals_source(sample_db)
+    with sample_db.connect("snapshot_db") as conn:
+        assert conn.execute("SELECT count(*) FROM ONLY public.note_child").fetchone()[0] == 500
 
 
 def test_a_refresh_the_storage_cannot_hold_once_is_refused_untouched(sample_db):

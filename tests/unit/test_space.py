@@ -112,13 +112,14 @@ def test_manifests_without_sizes_still_read_and_new_ones_keep_sizes_outside_the_
 
 
 def test_storage_settings_are_decimal_gb_or_unset():
-    """FAC_BACKUP_*_STORAGE_GB: 200 and 74.5 are read, unset is None, zero, negatives and words are refused."""
+    """FAC_BACKUP_*_STORAGE_GB: 200 and 74.5 are read, unset is None; zero, negatives, words and more
+    than RDS's largest storage are refused."""
     problems: list[str] = []
     settings = load_settings({"FAC_BACKUP_FAC_DB_STORAGE_GB": "200", "FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB": "74.5"},
                              problems)
     assert problems == [] and settings.fac_db_storage_gb == 200 and settings.snapshot_db_storage_gb == 74.5
     assert load_settings({}, problems).fac_db_storage_gb is None and problems == []
-    for bad in ("0", "-5", "lots", "nan", "inf"):
+    for bad in ("0", "-5", "lots", "nan", "inf", "70000"):
         problems = []
         load_settings({"FAC_BACKUP_FAC_DB_STORAGE_GB": bad}, problems)
         assert len(problems) == 1 and "FAC_BACKUP_FAC_DB_STORAGE_GB" in problems[0] and "GB" in problems[0]
