@@ -105,7 +105,7 @@ def choose_method(ctx, control: psycopg.Connection, source, target) -> space.Ref
     chosen = space.plan_refresh(space.storage_bytes(settings.snapshot_db_storage_gb), room, copy_bytes,
                                 largest_index, target_name=target.name)
     ctx.log.info("db_to_db.method", target=target.name, method=chosen.method, reason=chosen.reason,
-                 **{k: v for k, v in chosen.figures().items() if k != "method"})
+                 **{k: v for k, v in chosen.figures().items() if k not in ("method", "space_reason")})
     return chosen
 
 
