@@ -53,7 +53,7 @@ class Manifest:
     # given, source (backup id or snapshot binding) and run id. Empty (and not written) otherwise.
     before_restore: dict = field(default_factory=dict)
     # What the backup occupies on disk once restored, measured at backup time (service.space):
-    # {"restored_bytes", "tables": [[schema, table, bytes], ...], "matviews_bytes", "database_bytes"}.
+    # {"restored_bytes", "tables": [[schema, table, bytes], ...], "matviews_bytes"}.
     # Each table's bytes are its on-disk size with TOAST and indexes. Empty in older backups
     # (a restore then estimates from the dumps, roughly). A top-level key, so that older
     # versions of the service, which ignore keys they do not know, still read the manifest.

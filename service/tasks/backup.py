@@ -96,8 +96,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
             )
         with translated_errors("reading the database's privileges"):
             grants = privileges.read_privileges(control)
-        disk = {"matviews_bytes": space.read_matview_bytes(control),
-                "database_bytes": space.read_server_space(control).database_bytes}
+        disk = {"matviews_bytes": space.read_matview_bytes(control)}
         backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
         plan = BackupPlan(backup_id, snapshot, tables, grants, compress)
         started_at = catalog.now_iso(settings.timezone)
