@@ -61,6 +61,17 @@ class Manifest:
     # not written) when there was nothing to compare with.
     integrity: dict = field(default_factory=dict)
     database_bytes: int = 0  # pg_database_size at the snapshot (0: not recorded)
+    # What the backup occupies on disk once restored, measured at backup time (service.space):
+    # {"restored_bytes", "tables": [[schema, table, bytes], ...], "matviews_bytes"}.
+    # Each table's bytes are its on-disk size with TOAST and indexes. Empty in older backups
+    # (a restore then estimates from the dumps, roughly). A top-level key, so that older
+    # versions of the service, which ignore keys they do not know, still read the manifest.
+    disk: dict = field(default_factory=dict)
+
+    @property
+    def restored_bytes(self) -> int:
+        """On-disk bytes a restore creates (0: not recorded)."""
+        return int(self.disk.get("restored_bytes", 0) or 0)
 
     @property
     def total_bytes(self) -> int:
@@ -74,7 +85,7 @@ class Manifest:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["tables"] = [asdict(t) for t in self.tables]
-        for optional in ("before_restore", "integrity", "database_bytes"):
+        for optional in ("before_restore", "integrity", "database_bytes", "disk"):
             if not data[optional]:
                 del data[optional]
         return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")

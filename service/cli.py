@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("jobs", help="list the jobs of the registry")
 
-    show = sub.add_parser("show", help="show a backup's manifest: tables, rows, bytes, times, versions")
-    show.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it (e.g. daily-06-04)")
+    show = sub.add_parser("show", help="show a backup's manifest: tables, rows, bytes, times, versions; "
+                                       "or, named fac-snapshot-db, whether the snapshot holds a whole copy")
+    show.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it (e.g. daily-06-04), or the "
+                      "snapshot binding's name (fac-snapshot-db) for its refresh state")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 
     verify = sub.add_parser("verify", help="check a backup without restoring: sizes, sha256, pg_restore --list")

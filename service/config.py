@@ -8,6 +8,7 @@ FAC_BACKUP_ prefix; standard names (PORT, VCAP_SERVICES) stay standard.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -66,6 +67,10 @@ class Settings:
     report_cron: str = "0 7 1 * *"  # the daemon's contingency report of the previous month; "off" disables
     shrink_allowed_tables: tuple[str, ...] = DEFAULT_SHRINK_ALLOWED  # rows may drop without a flag
     shrink_threshold_percent: float = 0.1  # a table losing more than this share of its rows is flagged
+    # Allocated storage of each database binding, in GB as the RDS broker's `storage` parameter gives it
+    # (service.space: GiB, 2^30 bytes); None: unknown, so the snapshot copy takes the space-safe method
+    fac_db_storage_gb: float | None = None
+    snapshot_db_storage_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,9 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         report_cron=r.text("REPORT_CRON", "0 7 1 * *"),
         shrink_allowed_tables=read_table_list(r, "SHRINK_ALLOWED_TABLES", DEFAULT_SHRINK_ALLOWED),
         shrink_threshold_percent=r.number("SHRINK_THRESHOLD_PERCENT", 0.1, 0.0),
+        # Database storage (the disks production gives each binding)
+        fac_db_storage_gb=read_storage_gb(r, "FAC_DB_STORAGE_GB"),
+        snapshot_db_storage_gb=read_storage_gb(r, "SNAPSHOT_DB_STORAGE_GB"),
     )
 
 
@@ -245,6 +253,23 @@ def read_table_list(r: _Reader, name: str, default: tuple[str, ...]) -> tuple[st
     if bad:
         r.problems.append(f"{PREFIX}{name}: {', '.join(map(repr, bad))} is not 'schema.table' or 'table'")
     return tuple(sorted({n if "." in n else f"public.{n}" for n in names}))
+
+
+def read_storage_gb(r: _Reader, name: str) -> float | None:
+    """A binding's allocated storage in GB (decimals allowed, as the broker's `storage`); None when unset."""
+    value = r.raw(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number <= 0 or number > 65536:
+        r.problems.append(f"{PREFIX}{name}={value!r} must be the binding's storage in GB, a number above 0 "
+                          "and at most 65536, RDS's largest (the `storage` of its RDS plan, e.g. 200; "
+                          "decimals allowed)")
+        return None
+    return number
 
 
 def read_retention(r: _Reader) -> RetentionPolicy:

@@ -33,9 +33,10 @@ from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
 from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError, ServiceError
 from service.log import get_logger
-from service.metrics import Metrics
+from service.metrics import Metrics, parse_timestamp
 from service.runner import Runner
 from service.scheduler import JobScheduler, follow_up, needs_catch_up, parse_schedules
+from service.space_watch import SpaceWatcher
 from service.storage import S3ObjectStore
 from service.tasks.prune import read_records
 
@@ -78,6 +79,13 @@ class CatalogWatcher:
         elif newest is not None and newest.acknowledged_at:
             dropped = []
         self.metrics.observe_rows_dropped(len(dropped))
+
+    def newest_complete(self) -> catalog.Manifest | None:
+        """The manifest of the newest complete backup seen (a restore of it is what the disk gauges
+        size)."""
+        with self._lock:
+            manifests = [s.manifest for s in self.known.values() if s.complete and s.manifest is not None]
+        return max(manifests, key=lambda m: (parse_timestamp(m.started_at) or 0.0, m.id), default=None)
 
     def refresh(self) -> None:
         """Read manifests that appeared since the last look; never raises."""
@@ -174,6 +182,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     triggers = parse_schedules(settings)  # ConfigError before anything is started
     metrics = Metrics(tuple(jobs.JOBS), registry=CollectorRegistry(auto_describe=True))
     watcher = CatalogWatcher(store_factory(config.backups), metrics)
+    disks = SpaceWatcher(config, metrics, watcher.newest_complete, get_logger(component="space"))
     runner = Runner(config, metrics, after_run=watcher.refresh, store_factory=store_factory)
     stop, ready = threading.Event(), threading.Event()
     reason: list[str] = []
@@ -196,7 +205,7 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
                          lambda: ready.is_set() and scheduler.running and not stop.is_set()).start()
     try:
         control = ControlServer(settings.control_socket,
-                                build_control_handler(runner, scheduler, metrics)).start()
+                                build_control_handler(runner, scheduler, metrics, disks=disks.status)).start()
     except ServiceError:
         http.close()
         raise
@@ -220,6 +229,9 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         # must not hold up the other gauges.
         scheduler.add_interval("refresh-versions", settings.metrics_refresh_seconds,
                                lambda: observe_versions(config, metrics, log))
+        # The disks likewise: sizes, the room a refresh and a restore need, the snapshot's state.
+        threading.Thread(target=disks.refresh, name="disks", daemon=True).start()
+        scheduler.add_interval("refresh-disks", settings.metrics_refresh_seconds, disks.refresh)
         metrics.set_next_runs(scheduler.next_runs())
         ready.set()  # /healthz says 200 from here: scheduled, gauges rebuilt, socket open
         log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
@@ -269,8 +281,9 @@ def catch_up(config, scheduler: JobScheduler, watcher: CatalogWatcher, triggers,
         scheduler.run_now("scheduled_backup", "catch-up")
 
 
-def build_control_handler(runner: Runner, scheduler: JobScheduler, metrics: Metrics):
-    """The daemon's answers to control-socket requests (see service.control)."""
+def build_control_handler(runner: Runner, scheduler: JobScheduler, metrics: Metrics, *, disks=None):
+    """The daemon's answers to control-socket requests (see service.control); `disks` gives the last
+    look at the databases' space and the snapshot's state, for `status`."""
     log = get_logger(component="control")
     state = {"paused": False}
 
@@ -278,7 +291,8 @@ def build_control_handler(runner: Runner, scheduler: JobScheduler, metrics: Metr
         command = request["command"]
         if command == "status":
             return {"scheduler_running": scheduler.running,
-                    "paused": state["paused"], **runner.status()}
+                    "paused": state["paused"], **runner.status(),
+                    **({"disks": disks()} if disks is not None else {})}
         if command == "jobs":
             return {"next_runs": {job: when.isoformat() if when else None
                                   for job, when in scheduler.next_runs().items()},

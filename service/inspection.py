@@ -1,7 +1,11 @@
-"""`show BACKUP_ID` and `verify BACKUP_ID`: read a backup without restoring it.
+"""`show BACKUP_ID` and `verify BACKUP_ID`: read a backup without restoring it; `show fac-snapshot-db`.
 
 Both resolve the id as a restore would (finder.find_backup), so what an
 operator inspects is exactly what `run s3_restore` with the same id would use.
+`show` given the snapshot binding's name instead prints the snapshot
+database's refresh record (service.refresh_record): whether its copy is whole,
+from when, by which run and method, and, for an unfinished one, why it is not
+restorable and which backup to restore instead.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import os
 import sys
 import threading
 
-from service import clients
+from service import clients, space
 from service.config import load_config
+from service.database import connect, list_user_tables, translated_errors
 from service.finder import FoundBackup, find_backup
 from service.integrity import dropped_tables, read_acknowledgement
 from service.log import configure_logging, register_secrets
 from service.media_versions import summarize_moment
 from service.pgtools import INHERITED_ENV
+from service.refresh_record import COMPLETE, describe_state, read_refresh_state
 from service.storage import S3ObjectStore
 from service.tasks.sync import list_media_by_folder
 from service.verify import verify_backup
@@ -108,9 +114,52 @@ def _print_integrity(m, acknowledged: dict | None) -> None:
               "(allowed to shrink)")
 
 
+def describe_snapshot(config) -> dict:
+    """fac-snapshot-db's refresh state, its record, its size and storage, as data."""
+    from service.tasks.snapshot import APPLICATION_NAME
+
+    db = config.snapshot_db
+    with connect(db, sslmode=config.settings.pg_sslmode, autocommit=True) as conn, \
+            translated_errors(f"reading the refresh record of {db.name}"):
+        state, record = read_refresh_state(conn, APPLICATION_NAME)
+        tables = len(list_user_tables(conn))
+        size = space.read_server_space(conn).database_bytes
+    data = {"binding": db.name, "database": f"{db.host}:{db.port}/{db.dbname}", "state": state,
+            "summary": describe_state(state, record), "restorable": state == COMPLETE and tables > 0,
+            "tables": tables, "database_bytes": size,
+            "storage_bytes": space.storage_bytes(config.settings.snapshot_db_storage_gb) or 0}
+    if record is not None:
+        data["record"] = json.loads(record.to_comment())
+    return data
+
+
+def show_snapshot(config, as_json: bool) -> int:
+    """Print whether fac-snapshot-db holds a whole copy, from when, and what to restore otherwise."""
+    data = describe_snapshot(config)
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    record = data.get("record") or {}
+    storage = f" of {space.format_gb(data['storage_bytes'])} storage" if data["storage_bytes"] else ""
+    print(f"snapshot   {data['binding']}   ({data['database']})")
+    print(f"state      {data['summary']}")
+    if record:
+        print(f"data as of {record['data_as_of']}   from {record['source']} ({record['source_database']})")
+        print(f"refresh    run {record['run_id'] or '-'}   method {record['method'] or '-'}   "
+              f"started {record['started_at'] or '-'}   backup of the same run {record['backup_id'] or '-'}")
+    print(f"size       {data['tables']} tables, {space.format_gb(data['database_bytes'])}{storage}")
+    if not data["restorable"]:
+        instead = f"s3_restore {record['backup_id']}" if record.get("backup_id") else "s3_restore BACKUP_ID"
+        print(f"\ndb_restore refuses this snapshot: restore from S3 instead ({instead}), or refresh it with db_to_db")
+    return 0
+
+
 def show_backup(backup_id: str, as_json: bool) -> int:
-    """Print a backup's manifest (tables, rows, bytes, times, versions) and its media state."""
-    _, store = _open_backups()
+    """Print a backup's manifest (tables, rows, bytes, times, versions) and its media state, or, given
+    the snapshot binding's name (fac-snapshot-db), the snapshot's refresh state."""
+    config, store = _open_backups()
+    if backup_id == config.snapshot_db.name:
+        return show_snapshot(config, as_json)
     found = find_backup(store, backup_id)
     data = describe(found)
     data["media"] = describe_media(store, found)
@@ -139,6 +188,9 @@ def show_backup(backup_id: str, as_json: bool) -> int:
             print(f"privileges {m.privileges['key']}   {int(m.privileges.get('privileges', 0)):,} privileges")
         else:
             print("privileges none recorded (made before privileges were kept: a restore brings back no GRANTs)")
+        if m.restored_bytes:
+            print(f"on disk    {space.format_gb(m.restored_bytes)} once restored (tables with their indexes, "
+                  "materialized views)")
         if m.before_restore:
             r = m.before_restore
             where = f"{r.get('space')}/{r.get('binding')}" if r.get("space") else r.get("binding")

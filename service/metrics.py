@@ -18,6 +18,8 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.refresh_record import STATES
+
 OUTCOMES = ("success", "failure", "skipped", "aborted")
 SKIP_REASONS = ("lock_busy", "already_running", "missed")
 NOTIFY_CHANNELS = ("webhook", "email")  # fac_backup_notifications_total{channel}
@@ -171,6 +173,35 @@ class Metrics:
         for outcome in ("written", "failed"):
             self.journal_writes.labels(outcome=outcome)
         self.rows_dropped_tables.set(0)
+        # The disks (service.space, service.space_watch): sizes, storage, room needed, the snapshot's state
+        self.database_size = Gauge(
+            "fac_backup_database_size_bytes",
+            "Size of the bound database (pg_database_size) at the daemon's last look (0: not read yet).",
+            ["binding"], registry=r,
+        )
+        self.database_storage = Gauge(
+            "fac_backup_database_storage_bytes",
+            "Allocated storage of the binding's server, from FAC_BACKUP_*_STORAGE_GB (GiB; 0: not set).",
+            ["binding"], registry=r,
+        )
+        self.space_required = Gauge(
+            "fac_backup_space_required_bytes",
+            "Storage the operation needs on the binding's server, as its own check computes it: "
+            "operation=\"snapshot_refresh\", the next db_to_db in place (one copy and WAL room); "
+            "operation=\"restore\", an s3_restore of the newest backup (both copies and WAL room, "
+            "with 10% headroom). 0: not known yet.",
+            ["operation", "binding"], registry=r,
+        )
+        self.snapshot_state = Gauge(
+            "fac_backup_snapshot_refresh_state",
+            "1 for the state of fac-snapshot-db's refresh record (complete, refreshing, interrupted, failed, "
+            "unknown), 0 for the others.", ["state"], registry=r,
+        )
+        self.space_checked = Gauge(
+            "fac_backup_space_check_timestamp_seconds",
+            "Unix time of the daemon's last successful look at the databases' sizes.", registry=r,
+        )
+        self.observe_snapshot_state("unknown")
         self.build_info = Gauge(
             "fac_backup_build_info", "Always 1; the labels tell the build.", ["version", "python"],
             registry=r,
@@ -185,6 +216,15 @@ class Metrics:
             self.job_running.labels(job=job).set(0)
             self.job_last_success.labels(job=job).set(0)
             self.job_progress(job, 0, 0)
+
+    def init_disks(self, storage: dict[str, int], required: dict[str, str]) -> None:
+        """Pre-initialise the disk series: binding -> known storage bytes (0: unknown), and
+        operation -> the binding it needs room on."""
+        for binding, size in storage.items():
+            self.database_storage.labels(binding=binding).set(size)
+            self.database_size.labels(binding=binding).set(0)
+        for operation, binding in required.items():
+            self.space_required.labels(operation=operation, binding=binding).set(0)
 
     def job_started(self, job: str) -> None:
         """A run of `job` began in this process."""
@@ -296,6 +336,22 @@ class Metrics:
         if value > self._last_success.get(job, 0.0):
             self._last_success[job] = value
             self.job_last_success.labels(job=job).set(value)
+
+    def observe_disks(self, sizes: dict[str, int], required: dict[tuple[str, str], int],
+                      now: float | None) -> None:
+        """A look at the disks: binding -> database bytes, (operation, binding) -> storage needed;
+        `now` when every database could be read."""
+        for binding, size in sizes.items():
+            self.database_size.labels(binding=binding).set(size)
+        for (operation, binding), needed in required.items():
+            self.space_required.labels(operation=operation, binding=binding).set(needed)
+        if now is not None:
+            self.space_checked.set(now)
+
+    def observe_snapshot_state(self, state: str) -> None:
+        """fac-snapshot-db's refresh state (service.refresh_record.STATES): 1 for it, 0 for the rest."""
+        for known in STATES:
+            self.snapshot_state.labels(state=known).set(1 if known == state else 0)
 
 
     def journal_write(self, outcome: str) -> None:

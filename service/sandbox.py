@@ -14,6 +14,12 @@ production's, so that what fails there fails here:
   service and the data it backs up use the owner role (`connect_as_owner()`,
   `rds_binding()`). An existing server may trust everyone: the roles still
   have passwords, they are just not checked.
+- `LocalPostgres(disk_bytes=N)` puts the cluster's data directory on a tmpfs
+  of N bytes that it mounts itself (root only): a server with a small disk,
+  to see what fills it. `wal_segment_mb` and `server_settings` (e.g. a small
+  max_wal_size) keep its WAL in proportion; `disk_used()` samples the disk,
+  `resize_disk()` grows or shrinks it, `log_text()` reads the server's log
+  (kept off the small disk).
 - `LocalS3` is moto's server mode on an ephemeral loopback port, with moto's
   IAM enforcement on: every request must be signed by a known key, and each
   binding's key may reach only its bucket and its `additional_buckets`, as
@@ -60,6 +66,10 @@ def new_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
+class DiskMountError(RuntimeError):
+    """A small disk for a throwaway cluster could not be made here (not root, or no tmpfs)."""
+
+
 class LocalPostgres:
     """A PostgreSQL server for tests: an existing one (by URL) or a throwaway cluster.
 
@@ -68,9 +78,14 @@ class LocalPostgres:
     has them, for benchmarks whose figures depend on what each write costs.
     """
 
-    def __init__(self, url: str | None = None, *, durable: bool = False) -> None:
+    def __init__(self, url: str | None = None, *, durable: bool = False, disk_bytes: int | None = None,
+                 wal_segment_mb: int | None = None, server_settings: dict | None = None) -> None:
         self.url = url
         self.durable = durable
+        self.disk_bytes = disk_bytes
+        self.wal_segment_mb = wal_segment_mb
+        self.server_settings = dict(server_settings or {})
+        self.disk: str | None = None  # the tmpfs mount point holding the data directory
         self.tmpdir: str | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -87,11 +102,13 @@ class LocalPostgres:
             self.password = params.get("password") or ""
             return self
         self.tmpdir = tempfile.mkdtemp(prefix="fac-backup-pg-")
-        data = os.path.join(self.tmpdir, "data")
         as_postgres: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.tmpdir, "postgres", "postgres")
             as_postgres = ["runuser", "-u", "postgres", "--"]
+        if self.disk_bytes is not None:
+            self._mount_disk(bool(as_postgres))
+        data = self.data_dir
         self.port = _free_port()
         self.password = new_secret()
         pwfile = os.path.join(self.tmpdir, "pwfile")
@@ -104,13 +121,15 @@ class LocalPostgres:
         subprocess.run(
             [*as_postgres, find_pg_program("initdb"), "-D", data, "--auth-local=trust",
              "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-U", "postgres",
-             "-E", "UTF8", "--no-sync", "--locale=C"],
+             "-E", "UTF8", "--no-sync", "--locale=C",
+             *([f"--wal-segsize={self.wal_segment_mb}"] if self.wal_segment_mb else [])],
             check=True, capture_output=True,
         )
         os.unlink(pwfile)
         options = f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         subprocess.run(
             [*as_postgres, find_pg_program("pg_ctl"), "-D", data, "-o", options, "-w",
              "-l", os.path.join(self.tmpdir, "server.log"), "start"],
@@ -118,15 +137,56 @@ class LocalPostgres:
         )
         return self
 
+    @property
+    def data_dir(self) -> str:
+        assert self.tmpdir is not None
+        return os.path.join(self.disk or self.tmpdir, "data")
+
+    def _mount_disk(self, as_postgres: bool) -> None:
+        """A tmpfs of disk_bytes for the data directory (DiskMountError when it cannot be had)."""
+        if os.geteuid() != 0:
+            raise DiskMountError("mounting a tmpfs needs root")
+        disk = os.path.join(self.tmpdir, "disk")
+        os.mkdir(disk)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(self.disk_bytes)},mode=0700", "tmpfs",
+                               disk], capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+            raise DiskMountError(f"mount -t tmpfs failed: {done.stderr.strip() or done.returncode}")
+        self.disk = disk
+        if as_postgres:
+            shutil.chown(disk, "postgres", "postgres")
+
+    def disk_used(self) -> int:
+        """Bytes in use on the small disk now (the whole data directory: databases, WAL, temp files)."""
+        assert self.disk is not None
+        stat = os.statvfs(self.disk)
+        return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+    def resize_disk(self, size: int) -> None:
+        """Give the small disk `size` bytes (at least what it holds); tmpfs resizes in place."""
+        assert self.disk is not None
+        subprocess.run(["mount", "-o", f"remount,size={int(size)}", self.disk], check=True, capture_output=True)
+        self.disk_bytes = int(size)
+
+    def log_text(self) -> str:
+        """The server's log so far (it lives beside the data directory, not on the small disk)."""
+        assert self.tmpdir is not None
+        with open(os.path.join(self.tmpdir, "server.log"), encoding="utf-8", errors="replace") as log:
+            return log.read()
+
     def stop(self) -> None:
         if self.tmpdir is None:
             return
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run(
-            [*as_postgres, find_pg_program("pg_ctl"), "-D", os.path.join(self.tmpdir, "data"),
-             "-m", "immediate", "-w", "stop"],
+            [*as_postgres, find_pg_program("pg_ctl"), "-D", self.data_dir, "-m", "immediate", "-w", "stop"],
             capture_output=True,
         )
+        if self.disk is not None:
+            subprocess.run(["umount", self.disk], capture_output=True)
+            self.disk = None
         shutil.rmtree(self.tmpdir, ignore_errors=True)
         self.tmpdir = None
 

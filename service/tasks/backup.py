@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service import catalog, clients, integrity, layout, privileges, progress
+from service import catalog, clients, integrity, layout, privileges, progress, space
 from service.commands import CancelScope, RunningCommand
 from service.database import (
     TableInfo,
@@ -98,13 +98,14 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
             )
         with translated_errors("reading the database's privileges"):
             grants = privileges.read_privileges(control)
+        disk = {"matviews_bytes": space.read_matview_bytes(control)}
         backup_id = catalog.allocate_backup_id(store, layout.build_backup_id(kind, ctx.now()))
         plan = BackupPlan(backup_id, snapshot, tables, grants, compress)
         started_at = catalog.now_iso(settings.timezone)
         log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel,
                  server_version=server_text, pg_dump=dump_version, compression=compression_spec)
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
-        entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump)
+        entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump, disk)
         control.execute("COMMIT")
     checked = integrity.check_backup(ctx, store, entries)  # never raises
     manifest = catalog.Manifest(
@@ -123,6 +124,7 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         compression_spec=compression_spec,
         integrity=checked,
         database_bytes=size,
+        disk=_disk_record(disk),
     )
     catalog.write_manifest(store, manifest)
     ctx.backup_id = backup_id
@@ -139,8 +141,17 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
     return figures
 
 
-def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str):
-    """Dump the schema and every table in parallel; on the first failure stop the rest."""
+def _disk_record(disk: dict) -> dict:
+    """The manifest's `disk`: what a restore of the backup puts on disk (catalog.Manifest)."""
+    tables = sorted(disk.pop("tables", {}).items())
+    restored = sum(n for _, n in tables) + disk["matviews_bytes"]
+    return {"restored_bytes": restored, "tables": [[s, t, n] for (s, t), n in tables], **disk}
+
+
+def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str, disk: dict):
+    """Dump the schema and every table in parallel; on the first failure stop the rest.
+    Each table's on-disk size goes into disk["tables"]."""
+    disk["tables"] = {}
     settings = ctx.config.settings
     scope = CancelScope()
     token = ctx.scope.add_cleanup(lambda: scope.cancel(ctx.scope.reason or "cancelled"))
@@ -150,7 +161,8 @@ def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str
             futures = {pool.submit(_dump_schema, ctx, plan, store, env, pg_dump, scope, written): None,
                        pool.submit(_write_privileges, ctx, plan, store, written): None}
             for table in sorted(plan.tables, key=lambda t: -t.total_bytes):
-                futures[pool.submit(_dump_table, ctx, plan, table, store, env, pg_dump, scope, written)] = table
+                futures[pool.submit(_dump_table, ctx, plan, table, store, env, pg_dump, scope, written,
+                                    disk["tables"])] = table
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failure = next((f for f in done if f.exception() is not None), None)
             if failure is not None:
@@ -226,13 +238,16 @@ def _write_privileges(ctx, plan, store, written) -> dict:
     return {"key": key, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "privileges": grants}
 
 
-def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written) -> catalog.TableEntry:
+def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written,
+                sizes: dict) -> catalog.TableEntry:
     scope.check()
     settings = ctx.config.settings
     with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
                  lock_timeout_seconds=settings.dump_lock_wait_seconds) as conn:
         import_snapshot(conn, plan.snapshot)
         rows = count_rows(conn, table.schema, table.name)
+        # Under the count's own lock: reading the size takes no other.
+        sizes[(table.schema, table.name)] = space.read_table_disk_bytes(conn, table.schema, table.name)
         conn.execute("COMMIT")  # release the count's lock: pg_dump takes its own, for less time
         scope.check()
         argv = build_pg_dump_command(

@@ -27,7 +27,7 @@ import hashlib
 import tempfile
 import time
 
-from service import clients, kinds, layout, privileges, progress
+from service import clients, kinds, layout, privileges, progress, space
 from service.database import connect, list_user_tables, translated_errors
 from service.errors import IntegrityError, JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup, resolution
@@ -114,6 +114,8 @@ def restore_from_s3(ctx) -> dict:
                  **(ctx.confirmation or {}))
     ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=not found.legacy, load=True),
                         items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")
+    # Before anything, the pre-restore backup included: does fac-db's disk hold both copies?
+    room = space.check_restore_room(ctx, f"backup {found.id}", space.restored_size(found))
     if found.legacy:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
@@ -134,7 +136,7 @@ def restore_from_s3(ctx) -> dict:
         ctx.scope.check()
         session.commit()
     ctx.restored = found
-    figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy, **loaded,
+    figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy, **loaded, **room,
                "pre_restore_backup": pre_restore or "", "seconds": round(time.monotonic() - started, 3)}
     if found.manifest is not None:
         figures["rows"] = found.manifest.total_rows

@@ -1,19 +1,22 @@
-"""db_to_db: fac-db -> fac-snapshot-db, all or nothing.
+"""db_to_db: fac-db -> fac-snapshot-db, in place or all or nothing.
 
 1. The source exports a snapshot; the definitions (pg_dump pre-data and
    post-data), the rows, the row counts and the sequence values all come from
    it, so every table shows the same moment.
-2. The whole replacement is ONE transaction on the target: drop every user
-   schema (public too, then recreated), create the source's definitions, load
-   each table through a binary COPY byte pump (service.copier), build indexes
-   and constraints, refresh materialized views, then set sequences (a refresh
-   may draw from them), grant the source's privileges (service.privileges),
-   and compare every table's loaded rows with the count taken in the source
-   snapshot.
-3. It commits only when every producer exited 0, every stream was whole and
-   every count matched. Anything else (a lost connection, a dying producer, a
-   cancel, a bad row) rolls back: readers of the target never see a
-   half-loaded table, and the target stays exactly as it was.
+2. The target's contents are replaced: drop every user schema (public too,
+   then recreated), create the source's definitions, load each table through
+   a binary COPY byte pump (service.copier), build indexes and constraints,
+   refresh materialized views, then set sequences (a refresh may draw from
+   them), grant the source's privileges (service.privileges), and compare
+   every table's loaded rows with the count taken in the source snapshot.
+3. How (service.tasks.refresh): a restore into fac-db, and a snapshot refresh
+   whose target's storage holds both copies with headroom, do it in ONE
+   transaction that commits only when every producer exited 0, every stream
+   was whole and every count matched; anything else (a lost connection, a
+   dying producer, a cancel, a bad row) rolls back, and the target stays
+   exactly as it was. Any other snapshot refresh goes in place, committing
+   step by step so it needs room for one copy, under a refresh record that
+   says `refreshing` until the end and `complete` only after every check.
 
 Because the target is rebuilt from the source's definitions each time, a
 column added at the source appears and a table dropped there disappears,
@@ -26,20 +29,21 @@ import contextlib
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from service import clients, copier, privileges
+from service import catalog, clients, copier, privileges, space
 from service.commands import RunningCommand, run_command
 from service.database import connect, export_snapshot, list_user_tables, translated_errors
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.loader import build_lock_timeout_sql
 from service.log import scrub
 from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restore_command
-from service.refresh_record import RefreshRecord, write_refresh_record
+from service.refresh_record import COMPLETE, REFRESHING, RefreshRecord, write_refresh_record
+from service.tasks.refresh import Replacement, choose_method, record_failure, split_post_data
 from service.vcap import DatabaseBinding
 
 APPLICATION_NAME = "fac-backup-db_to_db"
@@ -58,31 +62,36 @@ class SourcePlan:
     sequences: tuple[tuple[str, str, int, bool], ...]
     matviews: tuple[tuple[str, str], ...]
     pre_data: str
-    post_data: str
+    post_data: str  # in place: what is left of it once the large tables have their own
     privileges: dict
     psql: str = "psql"  # reads the source (service.clients: the source's major)
+    # In place: each large table's indexes and constraints, built right after its load
+    table_post_data: dict = field(default_factory=dict)
 
 
 def copy_database(ctx) -> dict:
-    """The db_to_db step: copy fac-db into fac-snapshot-db (see copy_database_between), and date
-    the snapshot inside the same transaction (service.refresh_record)."""
+    """The db_to_db step: copy fac-db into fac-snapshot-db (see copy_database_between) by the method
+    its room allows, and record the refresh in the snapshot (service.refresh_record)."""
     return copy_database_between(ctx, ctx.config.fac_db, ctx.config.snapshot_db, record_refresh=True)
 
 
 def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding, *,
                           allow_live_target: bool = False, record_refresh: bool = False) -> dict:
-    """Replace everything in `target`'s user schemas with `source`'s, in one transaction.
+    """Replace everything in `target`'s user schemas with `source`'s.
 
     Refuses (SafetyError, before touching anything) a target that is fac-db
     unless `allow_live_target=True`; a restore of fac-db from the snapshot,
     after an operator's confirmation, is the one caller that passes it. A
     target equal to the source is always refused. Returns the figures
-    (tables, rows, bytes, sequences, seconds); raises CopyError or
-    JobAbortedError with the target left exactly as it was.
+    (tables, rows, bytes, sequences, method, seconds); raises CopyError or
+    JobAbortedError.
 
-    `record_refresh=True` writes the target's refresh record (the source
-    snapshot's moment) in the copy's own transaction, so it commits or rolls
-    back with the data; a restore into fac-db does not record anything there.
+    `record_refresh=True` is the snapshot refresh: the method is chosen by the
+    target's room (service.tasks.refresh; SafetyError when even one copy cannot
+    fit), and the target's refresh record says `refreshing` until the copy is
+    whole and `complete` after. Without it (a restore into fac-db) the copy is
+    one transaction, nothing is recorded, and a failure leaves the target
+    exactly as it was.
     """
     _refuse_unsafe_target(ctx, source, target, allow_live_target)
     settings, log = ctx.config.settings, ctx.log
@@ -92,16 +101,22 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
     started = time.monotonic()
     log.info("db_to_db.started", source=source.name, target=target.name, client=programs.source.version)
     with connect(source, sslmode=settings.pg_sslmode, autocommit=True) as control:
+        chosen = choose_method(ctx, control, source, target) if record_refresh else None
+        replacement = Replacement(ctx, target.name, in_place=chosen is not None and chosen.method == space.IN_PLACE)
         with _stage(ctx, f"reading the source {source.name}"):
-            plan = _read_plan(ctx, control, env, programs.source)
+            plan = _read_plan(ctx, control, env, programs.source, replacement.in_place)
             # Binary COPY moves about the heap and TOAST size: the catalog's estimate, no lock taken.
             ctx.progress.expect(bytes=sum(t.total_bytes for t in list_user_tables(control)),
                                 items=len(plan.tables), unit="tables")
         # The exporting transaction counts the rows while the target loads them.
         counter = _Counter(control, plan.tables)
         try:
-            record = RefreshRecord(plan.taken_at, source.name, source.dbname, ctx.run_id) if record_refresh else None
-            figures = _replace_target(ctx, target, plan, env, counter, record)
+            record = RefreshRecord(
+                plan.taken_at, source.name, source.dbname, ctx.run_id, state=REFRESHING,
+                method=replacement.method, started_at=catalog.now_iso(settings.timezone),
+                backup_id=ctx.backup_id or "") if record_refresh else None
+            figures = _replace_target(ctx, target, plan, env, counter, record, replacement)
+            figures.update(chosen.figures() if chosen else {"method": replacement.method})
             if record is not None:
                 figures["data_as_of"] = record.data_as_of.isoformat()
         finally:
@@ -126,8 +141,10 @@ def _refuse_unsafe_target(ctx, source, target, allow_live_target: bool) -> None:
             hint="only a confirmed restore may write into the live database")
 
 
-def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Client) -> SourcePlan:
-    """Export the snapshot and read everything the copy needs from it, DDL included."""
+def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Client,
+               in_place: bool = False) -> SourcePlan:
+    """Export the snapshot and read everything the copy needs from it, DDL included (in place, the
+    large tables' own indexes and constraints apart: service.tasks.refresh.split_post_data)."""
     pg_dump, pg_restore = client.program("pg_dump"), client.program("pg_restore")
     snapshot = export_snapshot(control)
     with translated_errors("reading the source's tables and sequences"):
@@ -140,12 +157,15 @@ def _read_plan(ctx, control: psycopg.Connection, env: dict, client: clients.Clie
     archive = run_command(
         build_pg_dump_command(pg_dump, snapshot=snapshot, compression=0, extra=DDL_OPTIONS),
         env, scope=ctx.scope)
-    ddl = {}
-    for section in ("pre-data", "post-data"):
+    ddl, per_table = {}, {}
+    for section in ("pre-data",) if in_place else ("pre-data", "post-data"):
         argv = build_pg_restore_command(pg_restore, sections=(section,), extra=("--file=-",))
         ddl[section] = copier.clean_ddl(run_command(argv, env, input_bytes=archive, scope=ctx.scope).decode("utf-8"))
+    if in_place:
+        large = {(t.schema, t.name) for t in tables if t.total_bytes >= ANALYZE_FROM_BYTES}
+        per_table, ddl["post-data"] = split_post_data(ctx, control, archive, pg_restore, env, large)
     return SourcePlan(snapshot, taken_at, tuple(tables), tuple(sequences), tuple(matviews),
-                      ddl["pre-data"], ddl["post-data"], grants, client.program("psql"))
+                      ddl["pre-data"], ddl["post-data"], grants, client.program("psql"), per_table)
 
 
 class _Counter:
@@ -184,8 +204,9 @@ class _Counter:
 
 
 def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, counter: _Counter,
-                    record: RefreshRecord | None) -> dict:
-    """The one transaction on the target; commits only when everything checked out."""
+                    record: RefreshRecord | None, run: Replacement) -> dict:
+    """The target's side: one transaction that commits only when everything checked out, or
+    (in place) one per step, the `complete` record in the last (service.tasks.refresh)."""
     settings = ctx.config.settings
     psql = plan.psql
     conn = connect(target, sslmode=settings.pg_sslmode, autocommit=False)
@@ -194,51 +215,59 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
     loaded: dict[tuple[str, str], int] = {}
     total_bytes = 0
     try:
-        with _stage(ctx, f"clearing the user schemas of {target.name}"):
+        with _stage(ctx, f"clearing the user schemas of {target.name}", run):
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(APPLICATION_NAME)))
             # Sessions of the application (or anyone reading the snapshot) may hold locks the DROP
             # needs: give up after the restore's lock wait rather than queue everyone behind us.
             conn.execute(build_lock_timeout_sql(settings.restore_lock_wait_seconds))
+            if record is not None:
+                # First, so that a role that may not comment (not the database's owner) fails
+                # before anything is dropped; in place it commits with the drop.
+                write_refresh_record(conn, record)
             dropped = [r[0] for r in conn.execute(copier.USER_SCHEMAS_SQL).fetchall()]
             if dropped:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
                     sql.SQL(", ").join(map(sql.Identifier, dropped))))
             conn.execute("CREATE SCHEMA public; GRANT USAGE ON SCHEMA public TO PUBLIC")
-            if record is not None:
-                # First, so that a role that may not comment (not the database's owner) fails
-                # before the load rather than after it.
-                write_refresh_record(conn, record)
             conn.execute(privileges.build_clear_defaults_sql())
-        with _stage(ctx, f"creating the definitions in {target.name}"):
+            run.step_done(conn)
+        with _stage(ctx, f"creating the definitions in {target.name}", run):
             conn.execute(plan.pre_data)
-        for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target):
+            run.step_done(conn)
+        for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target, run):
             loaded[(table.schema, table.name)] = rows
             total_bytes += nbytes
             ctx.log.info("db_to_db.table_copied", table=table.qualified, rows=rows, bytes=nbytes)
             ctx.progress.item_done()
-        with _stage(ctx, f"building indexes and constraints in {target.name}"):
+        with _stage(ctx, f"building indexes and constraints in {target.name}", run):
             # Fresh tables have no statistics. The snapshot must stand in for fac-db
             # the moment it commits, with plans as good as the source's, rather than
             # wait for autovacuum; the foreign-key checks of post-data plan with them
             # too. (About 0.5 s on the 1.2 GB benchmark database.)
-            large = [t for t in plan.tables if t.total_bytes >= ANALYZE_FROM_BYTES]
-            if large:
+            large = [t for t in plan.tables if t.total_bytes >= ANALYZE_FROM_BYTES and not run.in_place]
+            if large:  # (in place, each was analyzed after its load)
                 conn.execute(sql.SQL("ANALYZE {}").format(
                     sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in large)))
-            conn.execute(plan.post_data)
-        with _stage(ctx, f"setting sequences and materialized views in {target.name}"):
+            if plan.post_data.strip():
+                conn.execute(plan.post_data)
+            run.step_done(conn)
+        with _stage(ctx, f"setting sequences and materialized views in {target.name}", run):
             _finish_objects(conn, plan)
-        with _stage(ctx, f"granting privileges in {target.name}"):
+        with _stage(ctx, f"granting privileges in {target.name}", run):
             replay = privileges.build_replay_sql(plan.privileges, *privileges.read_target_roles(conn))
             if replay.sql:
                 conn.execute(replay.sql)
-        _verify_counts(counter.result(), loaded)
+        _verify_counts(counter.result(), loaded, run)
         ctx.scope.check()
-        with _stage(ctx, f"committing {target.name}"):
+        with _stage(ctx, f"committing {target.name}", run):
+            if record is not None:
+                write_refresh_record(conn, record.with_state(COMPLETE))
             conn.commit()
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
+        if record is not None and run.touched:
+            record_failure(ctx, conn, target, record, exc)
         raise
     finally:
         ctx.scope.remove_cleanup(token)
@@ -248,12 +277,14 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             "sequences": len(plan.sequences), "schemas_replaced": len(dropped), **replay.figures()}
 
 
-def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: DatabaseBinding):
+def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: DatabaseBinding, run: Replacement):
     """Yield (table, rows loaded, bytes) for each table, one COPY at a time on the target.
 
     The next few producers are started ahead, so their start-up (a process, a
     connection, the snapshot import) overlaps the current load instead of
-    adding to it; each blocks on its pipe until its turn.
+    adding to it; each blocks on its pipe until its turn. In place, each table
+    is emptied first (a table truncated in its loading transaction may be
+    loaded frozen, as one created in it) and committed after.
     """
     upcoming = iter(plan.tables)
     waiting: deque = deque()
@@ -270,11 +301,18 @@ def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: Data
             ctx.scope.check()
             table, producer = waiting.popleft()
             start_next()
-            with _stage(ctx, f"loading {table.qualified} into {target.name}"), conn.cursor() as cur:
+            with _stage(ctx, f"loading {table.qualified} into {target.name}", run), conn.cursor() as cur:
+                if run.in_place:  # ONLY: an inheritance child loaded before must keep its rows
+                    cur.execute(sql.SQL("TRUNCATE ONLY {}").format(sql.Identifier(table.schema, table.name)))
                 with cur.copy(table.copy_statement("FROM STDIN")) as copy:
                     nbytes = copier.pump(ctx.progress.counting(producer.stdout), copy, table.qualified,
                                          producer_check=producer.check)
                 rows = cur.rowcount
+                if run.in_place and table.total_bytes >= ANALYZE_FROM_BYTES:
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.schema, table.name)))
+                    if plan.table_post_data.get((table.schema, table.name)):
+                        cur.execute(plan.table_post_data[(table.schema, table.name)])
+                run.step_done(conn)
             producer.close()
             yield table, rows, nbytes
 
@@ -294,19 +332,22 @@ def _finish_objects(conn: psycopg.Connection, plan: SourcePlan) -> None:
             regclass, sql.Literal(value), sql.Literal(is_called)))
 
 
-def _verify_counts(source: dict, loaded: dict) -> None:
+def _verify_counts(source: dict, loaded: dict, run: Replacement) -> None:
     """Every table's loaded rows must equal the count in the source snapshot."""
     wrong = [f"{s}.{t}: source {source.get((s, t))}, loaded {n}"
              for (s, t), n in sorted(loaded.items()) if source.get((s, t)) != n]
     if wrong or set(source) != set(loaded):
-        raise CopyError("row counts of the copy do not match the source; nothing was committed",
+        left = run.left_behind() if run.touched else "nothing was committed"
+        raise CopyError(f"row counts of the copy do not match the source; {left}",
                         detail="; ".join(wrong[:10]) or "the table lists differ",
-                        hint="run the copy again; if it repeats, compare the two databases by hand")
+                        hint=run.hint("run the copy again; if it repeats, compare the two databases by hand"))
 
 
 @contextlib.contextmanager
-def _stage(ctx, what: str):
-    """Name the stage in any failure and say the target was left as it was."""
+def _stage(ctx, what: str, run: Replacement | None = None):
+    """Name the stage in any failure and say what the target was left as."""
+    left = (lambda: run.left_behind()) if run is not None else (lambda: "the target was left as it was")
+    hint = run.hint if run is not None else (lambda usual: usual)
     try:
         yield
     except (JobAbortedError, SafetyError):
@@ -315,16 +356,16 @@ def _stage(ctx, what: str):
         ctx.scope.check()  # a cancel shows up as a cancelled statement: report the cancel
         lost = isinstance(exc, psycopg.OperationalError) or _session_ended(exc)
         raise CopyError(
-            f"db_to_db failed while {what}; the target was left as it was",
+            f"db_to_db failed while {what}; {left()}",
             detail=scrub(str(exc).strip()),
-            hint=("the connection to the target was lost; check the database and run the copy again"
-                  if lost else "fix the cause and run the copy again"),
+            hint=hint("the connection to the target was lost; check the database and run the copy again"
+                      if lost else "fix the cause and run the copy again"),
         ) from exc
     except ServiceError as exc:
         ctx.scope.check()
         raise CopyError(
-            f"db_to_db failed while {what}: {exc.message}; the target was left as it was",
-            detail=exc.detail, hint=exc.hint or "fix the cause and run the copy again") from exc
+            f"db_to_db failed while {what}: {exc.message}; {left()}",
+            detail=exc.detail, hint=hint(exc.hint or "fix the cause and run the copy again")) from exc
 
 
 def _session_ended(exc: psycopg.Error) -> bool:

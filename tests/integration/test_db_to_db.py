@@ -1,9 +1,12 @@
 """db_to_db against real PostgreSQL: equal copies, schema changes followed, and all or nothing.
 
-Faults are injected by name: the target's loading backend terminated mid-COPY,
-a source psql that dies halfway, one that stops early but exits 0, one that
-sends a corrupt row, a pg_dump that dies, and a cancel. After each, the
-snapshot database must be exactly what it was before the run.
+The copies here run by the default, in-place method (no storage is set) and,
+with room for both copies set, by the all-or-nothing one. Faults are injected
+by name into the all-or-nothing copy: the target's loading backend terminated
+mid-COPY, a source psql that dies halfway, one that stops early but exits 0,
+one that sends a corrupt row, a pg_dump that dies, and a cancel. After each,
+the snapshot database must be exactly what it was before the run. (The same
+faults in place: tests/integration/test_snapshot_in_place.py.)
 """
 
 from __future__ import annotations
@@ -44,15 +47,25 @@ def change_source(box) -> None:
         conn.execute("CREATE TABLE public.added_later (id int)")
 
 
-def copy_ok(box):
+def copy_ok(box, method: str | None = None):
     result = box.run("db_to_db")
     assert result.outcome == "success", result.error
+    if method is not None:
+        assert result.steps[0].figures["method"] == method
     return result
+
+
+ROOM_FOR_BOTH_GB = "1000"  # far beyond two copies of the sample data and the test server's other databases
+
+
+def give_room_for_both(box) -> None:
+    """Tell the service that fac-snapshot-db's storage holds two copies: the copy is all or nothing."""
+    box.extra_env["FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB"] = ROOM_FOR_BOTH_GB
 
 
 def test_copy_into_empty_target_equals_source(sample_db):
     """A first copy makes the snapshot equal to fac-db: tables, rows, sequences, views, types, schemas."""
-    result = copy_ok(sample_db)
+    result = copy_ok(sample_db, "in_place")
     assert_snapshot_equals_source(sample_db)
     with sample_db.connect("snapshot_db") as conn:
         assert conn.execute("SELECT last_value FROM public.report_number_seq").fetchone()[0] == 4242
@@ -65,14 +78,18 @@ def test_copy_into_empty_target_equals_source(sample_db):
 
 
 def test_second_copy_replaces_a_populated_target(sample_db):
-    """A copy into a snapshot that already has the tables replaces them with the source's current rows."""
+    """A copy into a snapshot that already has the tables replaces them with the source's current rows,
+    in place and all or nothing alike."""
     copy_ok(sample_db)
-    with sample_db.connect("db") as conn:
-        conn.execute("UPDATE public.dissemination_general SET notes = 'changed' WHERE id % 2 = 0")
-        conn.execute("DELETE FROM public.dissemination_finding WHERE id % 5 = 0")
-        conn.execute("SELECT setval('public.report_number_seq', 5000)")
-    copy_ok(sample_db)
-    assert_snapshot_equals_source(sample_db)
+    for method in ("in_place", "all_or_nothing"):
+        with sample_db.connect("db") as conn:
+            conn.execute("UPDATE public.dissemination_general SET notes = 'changed' WHERE id % 2 = 0")
+            conn.execute("DELETE FROM public.dissemination_finding WHERE id % 5 = 0")
+            conn.execute("SELECT nextval('public.report_number_seq')")
+        if method == "all_or_nothing":
+            give_room_for_both(sample_db)
+        copy_ok(sample_db, method)
+        assert_snapshot_equals_source(sample_db)
 
 
 def test_schema_change_at_the_source_is_followed(sample_db):
@@ -169,7 +186,8 @@ def loading_backend(box, deadline_seconds: float = 30.0) -> int:
 @pytest.mark.parametrize("fault", ["dies", "stops_early", "corrupts"])
 def test_faulty_producer_leaves_the_target_unchanged(sample_db, tmp_path, fault):
     """A source psql that dies, stops early or sends a bad row fails the step and changes nothing."""
-    copy_ok(sample_db)
+    give_room_for_both(sample_db)
+    copy_ok(sample_db, "all_or_nothing")
     change_source(sample_db)
     before = snapshot_print(sample_db)
     install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS[fault])
@@ -182,6 +200,7 @@ def test_faulty_producer_leaves_the_target_unchanged(sample_db, tmp_path, fault)
 
 def test_producer_death_is_named_in_the_error(sample_db, tmp_path):
     """A producer killed halfway is reported as the program's death, not as a generic failure."""
+    give_room_for_both(sample_db)
     install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["dies"])
     result = sample_db.run("db_to_db")
     assert result.outcome == "failure"
@@ -192,7 +211,8 @@ def test_producer_death_is_named_in_the_error(sample_db, tmp_path):
 
 def test_failing_pg_dump_leaves_the_target_unchanged(sample_db, tmp_path):
     """A pg_dump that dies while writing the definitions fails the step before the target is touched."""
-    copy_ok(sample_db)
+    give_room_for_both(sample_db)
+    copy_ok(sample_db, "all_or_nothing")
     change_source(sample_db)
     before = snapshot_print(sample_db)
     install_fake_programs(sample_db, tmp_path, pg_dump_fault='"$REAL" "$@" | head -c 300; exit 1')
@@ -201,23 +221,46 @@ def test_failing_pg_dump_leaves_the_target_unchanged(sample_db, tmp_path):
     assert snapshot_print(sample_db) == before
 
 
-def test_terminated_target_connection_mid_load_leaves_the_target_unchanged(sample_db, tmp_path):
-    """pg_terminate_backend on the loading backend during COPY: the step fails and the snapshot is as before."""
-    copy_ok(sample_db)
-    change_source(sample_db)
-    before = snapshot_print(sample_db)
-    fake = install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
+def copy_with_backend_terminated(box, tmp_path):
+    """db_to_db whose loading backend is terminated (pg_terminate_backend) in the middle of a COPY."""
+    fake = install_fake_programs(box, tmp_path, psql_fault=PSQL_FAULTS["gated"])
 
     def terminate_mid_copy():
-        pid = loading_backend(sample_db)
-        with sample_db.pg.connect() as admin:
+        pid = loading_backend(box)
+        with box.pg.connect() as admin:
             assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
         open_gate(fake["gate"])
 
     killer = threading.Thread(target=terminate_mid_copy)
     killer.start()
-    result = sample_db.run("db_to_db")
+    result = box.run("db_to_db")
     killer.join()
+    return result
+
+
+def copy_cancelled(box, tmp_path):
+    """db_to_db whose run is cancelled (as SIGTERM does) in the middle of a COPY."""
+    install_fake_programs(box, tmp_path, psql_fault=PSQL_FAULTS["gated"])
+    scope = CancelScope()
+
+    def cancel_mid_copy():
+        loading_backend(box)
+        scope.cancel("SIGTERM")
+
+    canceller = threading.Thread(target=cancel_mid_copy)
+    canceller.start()
+    result = box.run("db_to_db", scope=scope)
+    canceller.join()
+    return result
+
+
+def test_terminated_target_connection_mid_load_leaves_the_target_unchanged(sample_db, tmp_path):
+    """pg_terminate_backend on the loading backend during COPY: the step fails and the snapshot is as before."""
+    give_room_for_both(sample_db)
+    copy_ok(sample_db, "all_or_nothing")
+    change_source(sample_db)
+    before = snapshot_print(sample_db)
+    result = copy_with_backend_terminated(sample_db, tmp_path)
     assert result.outcome == "failure"
     assert "left as it was" in result.error.message and "connection" in result.error.hint
     assert snapshot_print(sample_db) == before
@@ -225,20 +268,11 @@ def test_terminated_target_connection_mid_load_leaves_the_target_unchanged(sampl
 
 def test_cancel_mid_load_leaves_the_target_unchanged(sample_db, tmp_path):
     """A cancel of the run (SIGTERM) during COPY aborts it and the snapshot is as before."""
-    copy_ok(sample_db)
+    give_room_for_both(sample_db)
+    copy_ok(sample_db, "all_or_nothing")
     change_source(sample_db)
     before = snapshot_print(sample_db)
-    install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["gated"])
-    scope = CancelScope()
-
-    def cancel_mid_copy():
-        loading_backend(sample_db)
-        scope.cancel("SIGTERM")
-
-    canceller = threading.Thread(target=cancel_mid_copy)
-    canceller.start()
-    result = sample_db.run("db_to_db", scope=scope)
-    canceller.join()
+    result = copy_cancelled(sample_db, tmp_path)
     assert result.outcome == "aborted"
     assert snapshot_print(sample_db) == before
 

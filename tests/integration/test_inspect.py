@@ -42,11 +42,17 @@ def test_show_prints_tables_rows_bytes_times_and_versions(sample_db):
     text = sample_db.cli("show", backup_id)
     assert text.returncode == 0, text.stderr
     for expected in (backup_id, "public.dissemination_general", "support.cog_over", 'Odd Name "quoted" é',
-                     "pg_dump", "started", "finished"):
+                     "pg_dump", "started", "finished", "once restored (tables with their indexes"):
         assert expected in text.stdout
     data = json.loads(sample_db.cli("show", backup_id, "--json").stdout)
     rows = {f"{t['schema']}.{t['table']}": t["rows"] for t in data["tables"]}
     assert rows == {k: v[0] for k, v in before.items()}
+    # The restored size: every table's on-disk size with its indexes, as the manifest recorded it.
+    sizes = {f"{s}.{t}": n for s, t, n in data["disk"]["tables"]}
+    assert set(sizes) == set(rows) and data["disk"]["restored_bytes"] >= sum(sizes.values()) > 0
+    with sample_db.connect() as conn:
+        assert sizes["public.dissemination_general"] == conn.execute(
+            "SELECT pg_total_relation_size('public.dissemination_general')").fetchone()[0]
     assert data["legacy"] is False and data["server_version"] and data["schema"]["sha256"]
     missing = sample_db.cli("show", "daily-01-01")
     assert missing.returncode == 1 and backup_id in missing.stderr  # nearest complete backups

@@ -26,9 +26,10 @@ from service.tasks import restore, snapshot
 from tests.conftest import REPO
 from tests.fakes import dies_halfway, make_pg_bin, waits_for
 from tests.integration.test_daemon import processes_mentioning
-from tests.integration.test_db_to_db import snapshot_print
+from tests.integration.test_db_to_db import give_room_for_both, snapshot_print
 from tests.integration.test_drill import tampered_backup
 from tests.integration.test_restore import CONFIRM, database_state, take_backup
+from tests.integration.test_snapshot_age import snapshot_record
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +130,13 @@ def install_programs(box, tmp_path, **scripts: str) -> None:
     box.extra_env["FAC_BACKUP_PG_BIN"] = str(bin_dir)
 
 
-def test_a_well_formed_but_shorter_stream_is_never_committed(sample_db, tmp_path):
-    """A producer that exits 0 with a whole but shorter COPY stream: the row counts differ, nothing commits."""
+@pytest.mark.parametrize("method", ["all_or_nothing", "in_place"])
+def test_a_well_formed_but_shorter_stream_is_never_committed(sample_db, tmp_path, method):
+    """A producer that exits 0 with a whole but shorter COPY stream: the row counts differ; all or nothing,
+    nothing commits; in place, the snapshot is never marked complete (`failed`, naming the counts)."""
     box = sample_db
+    if method == "all_or_nothing":
+        give_room_for_both(box)
     assert box.run("db_to_db").outcome == "success"
     with box.connect("db") as conn:
         conn.execute("INSERT INTO public.lookup_00 VALUES ('new', 'added after the first copy')")
@@ -139,9 +144,15 @@ def test_a_well_formed_but_shorter_stream_is_never_committed(sample_db, tmp_path
     install_programs(box, tmp_path, psql=SHORTER_STREAM)
     result = box.run("db_to_db")
     assert result.outcome == "failure", "a shorter copy was committed"
-    assert "row counts of the copy do not match the source; nothing was committed" in result.error.message
     assert "public.lookup_01: source 75, loaded 70" in result.error.detail
-    assert snapshot_print(box) == before
+    if method == "all_or_nothing":
+        assert "row counts of the copy do not match the source; nothing was committed" in result.error.message
+        assert snapshot_print(box) == before
+    else:
+        assert "row counts of the copy do not match the source; fac-snapshot-db is left unfinished" in \
+            result.error.message
+        record = snapshot_record(box)
+        assert record.state == "failed" and "public.lookup_01: source 75, loaded 70" in record.error
 
 
 # --- a cancel while the restore is inside its transaction ---------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from service.refresh_record import RefreshRecord, read_refresh_record, write_refresh_record
-from tests.integration.test_db_to_db import PSQL_FAULTS, install_fake_programs, snapshot_print
+from tests.integration.test_db_to_db import PSQL_FAULTS, give_room_for_both, install_fake_programs, snapshot_print
 from tests.integration.test_restore import CONFIRM, assert_restored, database_state
 
 pytestmark = pytest.mark.integration
@@ -55,8 +55,10 @@ def test_db_to_db_alone_dates_the_snapshot_and_db_restore_accepts_it(sample_db):
 
 
 def test_failed_refresh_inside_on_demand_backup_keeps_the_old_age(sample_db, tmp_path):
-    """on_demand_backup whose db_to_db fails: its fresh manifest does not make the old snapshot look fresh."""
+    """on_demand_backup whose all-or-nothing db_to_db fails: its fresh manifest does not make the old
+    snapshot look fresh."""
     box = sample_db
+    give_room_for_both(box)
     assert box.run("db_to_db").outcome == "success"
     old = backdate_snapshot(box, days=5)
     old_snapshot = snapshot_print(box)

@@ -30,6 +30,8 @@ def exported_samples() -> tuple[set[str], dict[str, set[str]]]:
                         "2026-01-02T08:10:00-08:00", "15.4", "15.4", "fac", ())
     metrics.observe_backups([BackupSummary(manifest.id, True, manifest=manifest)], 0.0)
     metrics.set_database_versions({"fac-db": ("15.20", "15.20")})
+    metrics.init_disks({"fac-db": 0, "fac-snapshot-db": 0},
+                       {"snapshot_refresh": "fac-snapshot-db", "restore": "fac-db"})
     names: set[str] = set()
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():

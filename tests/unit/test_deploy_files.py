@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -57,17 +58,53 @@ def test_manifest_health_check_route_bindings_and_settings():
     assert env["FAC_BACKUP_PG_ROOT"].endswith("/apt/usr/lib/postgresql")
 
 
+SPACES = ("dev", "preview", "staging", "production")
+# FAC's Terraform (REFERENCE section 7): production's fac-db 200 GB and fac-snapshot-db 75 GB; 50 GB
+# each in the other spaces.
+STORAGE_GB = {"production": (200, 75), "dev": (50, 50), "preview": (50, 50), "staging": (50, 50)}
+VARIABLE = re.compile(r"\(\((\w+)\)\)")
+
+
+def space_vars(space: str) -> dict:
+    return yaml.safe_load((REPO / "deploy" / "vars" / f"{space}.yml").read_text())
+
+
+def manifest_for(space: str) -> dict:
+    """The manifest's app as `cf push --vars-file deploy/vars/<space>.yml` makes it."""
+    values = space_vars(space)
+    text = VARIABLE.sub(lambda m: str(values[m.group(1)]), (REPO / "manifest.yml").read_text())
+    return yaml.safe_load(text)["applications"][0]
+
+
 def test_manifest_settings_are_accepted_by_the_service():
-    """The manifest's env passes the service's own configuration checks (schedules included)."""
+    """The manifest's env, with each space's variables, passes the service's own configuration checks
+    (schedules included)."""
     from service.config import load_settings
     from service.scheduler import parse_schedules
 
-    env = {k: str(v) for k, v in manifest_app()["env"].items()}
-    env.pop("FAC_BACKUP_PG_ROOT")  # a directory that exists only on cloud.gov
-    problems: list[str] = []
-    settings = load_settings(env, problems)
-    assert problems == []
-    assert set(parse_schedules(settings)) >= {"scheduled_backup", "daily_backup"}
+    for space in SPACES:
+        env = {k: str(v) for k, v in manifest_for(space)["env"].items()}
+        env.pop("FAC_BACKUP_PG_ROOT")  # a directory that exists only on cloud.gov
+        problems: list[str] = []
+        settings = load_settings(env, problems)
+        assert problems == [], space
+        assert set(parse_schedules(settings)) >= {"scheduled_backup", "daily_backup"}
+
+
+def test_each_space_pushes_with_its_own_name_and_its_databases_storage():
+    """deploy/vars/<space>.yml gives every variable manifest.yml uses, the space's own name, and the
+    storage FAC's Terraform gives its databases; the manifest sets both storage settings from them."""
+    used = set(VARIABLE.findall((REPO / "manifest.yml").read_text()))
+    assert {"env", "fac_db_storage_gb", "snapshot_db_storage_gb"} <= used
+    assert sorted(p.stem for p in (REPO / "deploy" / "vars").glob("*.yml")) == sorted(SPACES)
+    for space in SPACES:
+        values = space_vars(space)
+        assert set(values) == used, space
+        assert values["env"] == space
+        assert (values["fac_db_storage_gb"], values["snapshot_db_storage_gb"]) == STORAGE_GB[space]
+        env = manifest_for(space)["env"]
+        assert (env["FAC_BACKUP_FAC_DB_STORAGE_GB"], env["FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB"]) == STORAGE_GB[space]
+        assert manifest_for(space)["routes"][0]["route"] == f"fac-backup-{space}.apps.internal"
 
 
 def test_apt_yml_installs_a_client_for_every_major_cloud_gov_offers():

@@ -1,0 +1,49 @@
+"""The running daemon shows the disks: sizes against storage, the room a refresh and a restore need, and a
+snapshot whose refresh failed, in /metrics and in `ctl status`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.test_daemon import start_daemon, wait_for  # noqa: F401 - start_daemon is a fixture
+from tests.integration.test_db_to_db import PSQL_FAULTS, install_fake_programs
+from tests.integration.test_restore import take_backup
+
+pytestmark = pytest.mark.integration
+
+GIB = 1024 ** 3
+
+
+def test_the_daemon_exports_the_disks_and_a_failed_refresh(sample_db, tmp_path, start_daemon):  # noqa: F811
+    """After a refresh failed in place, with fac-db's storage too small for a restore of the newest
+    backup: the gauges say so (and what each operation needs), ctl status names the failure."""
+    backup_id = take_backup(sample_db)
+    install_fake_programs(sample_db, tmp_path, psql_fault=PSQL_FAULTS["dies"])
+    assert sample_db.run("db_to_db").outcome == "failure"
+    sample_db.extra_env.pop("FAC_BACKUP_PG_BIN")
+    daemon = start_daemon(FAC_BACKUP_FAC_DB_STORAGE_GB="0.001", FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB="100")
+    daemon.wait_healthy()
+
+    def looked() -> dict | None:
+        samples = daemon.samples()
+        return samples if samples.get(("fac_backup_space_check_timestamp_seconds", frozenset())) else None
+
+    samples = wait_for(looked, 30, "the daemon's first look at the disks")
+
+    def value(name: str, **labels) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    assert value("fac_backup_snapshot_refresh_state", state="failed") == 1
+    assert value("fac_backup_snapshot_refresh_state", state="complete") == 0
+    assert value("fac_backup_database_storage_bytes", binding="fac-db") == int(0.001 * GIB)
+    assert value("fac_backup_database_storage_bytes", binding="fac-snapshot-db") == 100 * GIB
+    with sample_db.connect() as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    assert value("fac_backup_database_size_bytes", binding="fac-db") == size
+    restore = value("fac_backup_space_required_bytes", operation="restore", binding="fac-db")
+    refresh = value("fac_backup_space_required_bytes", operation="snapshot_refresh", binding="fac-snapshot-db")
+    assert restore > int(0.001 * GIB) and size < refresh < 100 * GIB  # the restore would not fit; the refresh would
+    disks = daemon.ctl("status")["disks"]
+    assert disks["snapshot"]["state"] == "failed" and disks["snapshot"]["restorable"] is False
+    assert "dissemination_general" in disks["snapshot"]["error"]
+    assert disks["newest_backup"] == backup_id and disks["required_bytes"]["restore"] == restore
