@@ -1,12 +1,12 @@
 """`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media,
-clients; `scale`, which takes tens of minutes, runs only when named)."""
+clients, health; `scale`, which takes tens of minutes, runs only when named)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("backup", "snapshot", "restore", "legacy", "media", "clients")
+PARTS = ("backup", "snapshot", "restore", "legacy", "media", "clients", "health")
 NAMED_ONLY = ("scale",)
 
 
