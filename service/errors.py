@@ -125,3 +125,16 @@ class CheckError(ServiceError):
 
 class ControlError(ServiceError):
     """The control socket could not be used (no daemon listening, a malformed request)."""
+
+
+ECHO_CHARS = 60  # of a value someone sent: enough to recognise it, never a 60 kB page
+
+
+def quote_input(value: object) -> str:
+    """`value` as a message or a log event shows what someone sent: its repr, cut to a readable
+    length that says how long the whole was. Every echo of outside input goes through here."""
+    text = repr(value)
+    if len(text) <= ECHO_CHARS:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as written"
+    return f"{text[:ECHO_CHARS]}... ({size})"
