@@ -2,7 +2,9 @@
 
 Exit codes (also in the README): 0 success; 1 the job failed; 2 bad
 configuration or usage; 3 refused (confirmation missing, unsafe target);
-4 the service lock stayed busy; 5 aborted by a signal; 70 internal error.
+4 the service lock stayed busy; 5 aborted by a signal; 6 `ctl` reached no
+daemon that would take the request (none listening, or busy), so nothing was
+asked of it; 70 internal error.
 """
 
 from __future__ import annotations

@@ -69,6 +69,10 @@ class LockBusyError(ServiceError):
     exit_code = 4
 
 
+class AlreadyRunningError(ServiceError):
+    """A run of the same job is in progress in the daemon; the request was not started."""
+
+
 class JobAbortedError(ServiceError):
     """The run was cancelled (SIGTERM, SIGINT); its partial work was undone."""
 
@@ -125,6 +129,16 @@ class CheckError(ServiceError):
 
 class ControlError(ServiceError):
     """The control socket could not be used (no daemon listening, a malformed request)."""
+
+
+class DaemonUnavailableError(ControlError):
+    """No daemon took the request (none listening, or too busy); nothing was asked of it."""
+
+    exit_code = 6
+
+
+class DaemonBusyError(DaemonUnavailableError):
+    """The daemon's listen queue or its control connections are full; try again in a moment."""
 
 
 ECHO_CHARS = 60  # of a value someone sent: enough to recognise it, never a 60 kB page
