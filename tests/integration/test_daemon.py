@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -70,14 +71,19 @@ def write_pg_bin(directory: Path, slow_when: str, seconds: float, gate: Path | N
 class Daemon:
     """`python -m service daemon` in a child process, with its log in a file."""
 
-    def __init__(self, env: dict, tmp: Path) -> None:
+    def __init__(self, env: dict, tmp: Path, nofile: int | None = None) -> None:
         self.env = env
         self.port = int(env["PORT"])
         self.socket = Path(env["FAC_BACKUP_CONTROL_SOCKET"])
         self.log_path = tmp / "daemon.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+
+        def limit_open_files() -> None:  # a container with a small open-file limit
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "service", "daemon"], env=env, cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit_open_files)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -135,12 +141,12 @@ class Daemon:
 def start_daemon(sandbox):
     started: list[Daemon] = []
 
-    def start(**overrides: str) -> Daemon:
+    def start(nofile: int | None = None, **overrides: str) -> Daemon:
         env = dict(sandbox.environ, PORT=str(free_port()), FAC_BACKUP_SCHEDULED_CRON=NEVER,
                    FAC_BACKUP_DAILY_CRON=NEVER, FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off",
                    FAC_BACKUP_CATCH_UP="false", FAC_BACKUP_METRICS_REFRESH_SECONDS="1")
         env.update(overrides)
-        daemon = Daemon(env, sandbox.tmp)
+        daemon = Daemon(env, sandbox.tmp, nofile)
         started.append(daemon)
         return daemon
 

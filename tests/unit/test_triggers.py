@@ -82,21 +82,27 @@ def test_simultaneous_triggers_start_exactly_one_run(daemon):
         sys.setswitchinterval(previous)
 
 
+def fire_together(path: Path, job: str, clients: int) -> list[dict]:
+    """`clients` triggers of `job`, each on its own thread and connection, released by one barrier."""
+    barrier, replies, lock = threading.Barrier(clients), [], threading.Lock()
+
+    def fire() -> None:
+        barrier.wait(10)
+        reply = trigger(path, job)
+        with lock:
+            replies.append(reply)
+
+    threads = [threading.Thread(target=fire) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return replies
+
+
 def fire_trials(server, runner, step) -> None:
     for trial in range(TRIALS):
-        barrier, replies, lock = threading.Barrier(CLIENTS), [], threading.Lock()
-
-        def fire() -> None:
-            barrier.wait(10)
-            reply = trigger(server.path, "row_count")
-            with lock:
-                replies.append(reply)
-
-        threads = [threading.Thread(target=fire) for _ in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        replies = fire_together(server.path, "row_count", CLIENTS)
         accepted = [r for r in replies if r["ok"]]
         assert len(replies) == CLIENTS
         assert len(accepted) == 1, f"trial {trial}: {len(accepted)} runs accepted"
