@@ -114,10 +114,17 @@ class Daemon:
         return send_request(self.socket, {"command": command, **fields})
 
     def events(self) -> list[dict]:
+        """Every line the daemon wrote (stdout and stderr), each of which must be a JSON event,
+        as `cf logs` needs; a partial last line (being written) is left for the next look."""
+        text = self.log_path.read_text(errors="replace")
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            try:
                 out.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"the daemon wrote a line that is not JSON: {line[:500]!r}") from None
         return out
 
     def log_text(self) -> str:
@@ -340,3 +347,25 @@ def test_a_bad_schedule_stops_the_daemon_before_it_listens(sandbox):
     assert done.returncode == 2
     assert "FAC_BACKUP_DAILY_CRON" in done.stderr
     assert not Path(env["FAC_BACKUP_CONTROL_SOCKET"]).exists()
+
+
+def test_every_line_the_daemon_writes_is_json_apschedulers_too(sandbox, start_daemon):
+    """A snapshot database that accepts connections and never answers keeps the version check
+    running past its 1 s interval, so APScheduler warns that it skipped the next one: that
+    warning is a JSON event like every other line the daemon writes."""
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        sandbox.credential_overrides["fac-snapshot-db"] = {"port": str(silent.getsockname()[1])}
+        daemon = start_daemon()
+        daemon.wait_healthy()
+        warning = wait_for(lambda: next((e for e in daemon.events()
+                                         if e.get("logger", "").startswith("apscheduler")), None),
+                           30, "APScheduler's warning as a JSON event")
+        assert warning["event"] == "library.log" and warning["level"] == "warning"
+        assert "maximum number of running instances" in warning["message"]
+    # Closed, the silent peer resets the stuck connection: the check ends and the daemon can stop
+    # (a check stuck for its whole 30 s connect timeout would hold up the exit).
+    code, _ = daemon.stop()
+    assert code == 0
+    assert len(daemon.events()) == len(daemon.log_path.read_text().splitlines())
