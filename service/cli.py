@@ -141,13 +141,16 @@ def cmd_list(ns) -> int:
 def cmd_show(ns) -> int:
     from service.inspection import show_backup
 
+    jobs.check_text("BACKUP_ID", ns.backup_id, jobs.ID_HINT)  # as a job's argument is checked
     return show_backup(ns.backup_id, ns.json)
 
 
 def cmd_verify(ns) -> int:
     from service.inspection import verify_backup_command
 
+    jobs.check_text("BACKUP_ID", ns.backup_id, jobs.ID_HINT)
     return verify_backup_command(ns.backup_id)
+
 
 
 def cmd_jobs(_ns) -> int:

@@ -115,6 +115,7 @@ def get_job(name: str) -> JobSpec:
 # not given); the socket sends what its client wrote, so nothing is coerced: "false" is not false.
 OPTION_TYPES = {"confirm": "text (SPACE/BINDING)", "apply": "true or false", "force": "true or false"}
 MAX_TEXT_CHARS = 200  # an id or a confirmation is tens of characters; past this it is not one
+ID_HINT = "copy the id from 'python -m service list'"
 
 
 def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config: Config | None) -> None:
@@ -129,7 +130,7 @@ def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config
         raise UsageError(f"{spec.name} takes {low if low == high else f'{low} to {high}'} argument(s)",
                          hint=f"usage: run {usage}")
     for number, arg in enumerate(args, start=1):
-        _check_text(f"argument {number} of {spec.name}", arg, "copy the id from 'python -m service list'")
+        check_text(f"argument {number} of {spec.name}", arg, ID_HINT)
     if not isinstance(options, dict):
         raise UsageError(f"the options of {spec.name} must be an object of name -> value, "
                          f"not {quote_input(options)}")
@@ -139,7 +140,7 @@ def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config
                              hint="options: " + ", ".join(f"{k} ({v})" for k, v in OPTION_TYPES.items()))
         if name == "confirm":
             if value is not None:  # None: not given
-                _check_text("option 'confirm'", value, "name the space and the binding, e.g. production/fac-db")
+                check_text("option 'confirm'", value, "name the space and the binding, e.g. production/fac-db")
         elif not isinstance(value, bool):
             raise UsageError(f"option {name!r} takes {OPTION_TYPES[name]}, not {quote_input(value)}; "
                              "nothing was started", hint=f"send {name}: true or {name}: false (JSON booleans)")
@@ -148,7 +149,8 @@ def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config
                            options.get("confirm"))
 
 
-def _check_text(what: str, value: object, hint: str) -> None:
+def check_text(what: str, value: object, hint: str) -> None:
+    """UsageError unless `value` is text of at most MAX_TEXT_CHARS (an id, a confirmation)."""
     if not isinstance(value, str):
         raise UsageError(f"{what} takes text, not {quote_input(value)}; nothing was started", hint=hint)
     if len(value) > MAX_TEXT_CHARS:

@@ -101,3 +101,14 @@ def test_a_refused_request_never_reaches_a_step(config, monkeypatch):
     monkeypatch.setitem(jobs.STEPS, "prune_backups", lambda ctx: called.append(ctx) or {})
     result = jobs.run_job(config, "prune_backups", options={"apply": "false"})
     assert result.outcome == "failure" and result.exit_code == 2 and called == []
+
+
+@pytest.mark.parametrize("command", ["show", "verify"])
+def test_show_and_verify_refuse_an_overlong_id_before_reading_anything(command, capsys):
+    """The CLI's other id entry points take the same rule: a 60 kB id is refused (exit 2), echoed cut,
+    before configuration is read or the bucket listed."""
+    from service.cli import main
+
+    assert main([command, "daily-" + "1" * 60_000]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 600 and "60006 characters" in err
