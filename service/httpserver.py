@@ -116,6 +116,7 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         self._thread.start()
+        self.log.info("http.listening", port=self.port, max_connections=self.max_connections)
         return self
 
     def close(self) -> None:

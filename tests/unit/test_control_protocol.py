@@ -14,6 +14,7 @@ import pytest
 from service import control
 from service.control import MAX_LINE_BYTES, ControlServer, parse_request, send_request
 from service.errors import ControlError, DaemonBusyError, ServiceError
+from tests.fakes import trickle_until_closed
 
 
 @pytest.fixture
@@ -212,19 +213,7 @@ def test_a_client_trickling_bytes_is_cut_off_at_the_request_deadline(sock_dir):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(srv.path))
             s.settimeout(0.2)
-            started, data = time.monotonic(), b""
-            while time.monotonic() - started < 10:
-                try:
-                    s.send(b"{")
-                    chunk = s.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:  # reset after the close
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            closed_after = time.monotonic() - started
+            data, closed_after = trickle_until_closed(s, b"{", 10)
         assert closed_after < 5, "the trickling client kept its connection"
         assert b"not complete within 1 s" in data
         assert send_request(srv.path, {"command": "status"}) == {"ok": True, "echo": True}

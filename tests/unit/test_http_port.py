@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from service import httpserver
 from service.httpserver import MetricsServer
+from tests.fakes import trickle_until_closed
 
 
 @pytest.fixture
@@ -109,19 +110,8 @@ def test_a_slow_head_is_cut_off_at_its_deadline(server):
     has not arrived within the deadline (1 s here), however often bytes come."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=0.2) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\n")
-        started, data = time.monotonic(), b""
-        while time.monotonic() - started < 10:
-            try:
-                s.send(b"X")
-                chunk = s.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        assert time.monotonic() - started < 5, "the slow client kept its connection"
+        data, closed_after = trickle_until_closed(s, b"X", 10)
+        assert closed_after < 5, "the slow client kept its connection"
     assert data.startswith(b"HTTP/1.1 408 ")
 
 
