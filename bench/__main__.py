@@ -1,12 +1,12 @@
 """`python -m bench [part ...]`: every benchmark, or the parts named (backup, snapshot, restore, legacy, media,
-clients, report; `scale`, which takes tens of minutes, runs only when named)."""
+clients, report, health; `scale`, which takes tens of minutes, runs only when named)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("backup", "snapshot", "restore", "legacy", "media", "clients", "report")
+PARTS = ("backup", "snapshot", "restore", "legacy", "media", "clients", "report", "health")
 NAMED_ONLY = ("scale",)
 
 

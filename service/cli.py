@@ -2,7 +2,9 @@
 
 Exit codes (also in the README): 0 success; 1 the job failed; 2 bad
 configuration or usage; 3 refused (confirmation missing, unsafe target);
-4 the service lock stayed busy; 5 aborted by a signal; 70 internal error.
+4 the service lock stayed busy; 5 aborted by a signal; 6 `ctl` reached no
+daemon that would take the request (none listening, or busy), so nothing was
+asked of it; 70 internal error.
 """
 
 from __future__ import annotations
@@ -149,13 +151,16 @@ def cmd_list(ns) -> int:
 def cmd_show(ns) -> int:
     from service.inspection import show_backup
 
+    jobs.check_text("BACKUP_ID", ns.backup_id, jobs.ID_HINT)  # as a job's argument is checked
     return show_backup(ns.backup_id, ns.json)
 
 
 def cmd_verify(ns) -> int:
     from service.inspection import verify_backup_command
 
+    jobs.check_text("BACKUP_ID", ns.backup_id, jobs.ID_HINT)
     return verify_backup_command(ns.backup_id)
+
 
 
 def cmd_jobs(_ns) -> int:

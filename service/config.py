@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.egress import Egress, read_egress
 from service.errors import ConfigError
+from service.hosts import normalize, shared_address
 from service.mail import MailRelay, read_mail
 from service.retention import KEEP_LAST_FLOOR, MIN_DAYS_FLOOR, RetentionPolicy
 from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, database_binding, parse_vcap
@@ -331,12 +332,19 @@ def read_restore_test_db(environ: Mapping[str, str], bindings: dict, protected: 
     scratch = database_binding(bindings, name, problems)
     for other in protected:
         if scratch is not None and other is not None and scratch.same_database_as(other):
-            problems.append(
-                f"the restore test binding {name!r} points at the same database as {other.name!r} "
-                f"({other.host}:{other.port}/{other.dbname}); the restore drill would overwrite it"
-            )
+            problems.append(same_database_problem("restore test", scratch, other, "the restore drill would "
+                                                  "overwrite it"))
             return None
     return scratch
+
+
+def same_database_problem(role: str, binding: DatabaseBinding, other: DatabaseBinding, consequence: str) -> str:
+    """The problem of a binding that names `other`'s database, saying how it was found out."""
+    where = f"{other.host}:{other.port}/{other.dbname}"
+    if normalize(binding.host) != normalize(other.host):
+        common = shared_address(binding.host, other.host)
+        where += f", as {binding.host}" + (f": both resolve to {common}" if common else ": both are this machine")
+    return f"the {role} binding {binding.name!r} points at the same database as {other.name!r} ({where}); {consequence}"
 
 
 def read_webhook_url(environ: Mapping[str, str], bindings: dict, problems: list[str]) -> str | None:
@@ -400,21 +408,19 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         backups = bucket_binding(bindings, names["backups"], problems, prefer_fips=fips)
     elif source is not None and not problems:
         problems.append("VCAP_SERVICES holds no bindings")
-    if fac_db and snapshot_db and fac_db.same_database_as(snapshot_db):
-        problems.append(
-            f"the snapshot binding {snapshot_db.name!r} points at the same database as "
-            f"{fac_db.name!r} ({fac_db.host}:{fac_db.port}/{fac_db.dbname}); the snapshot copy "
-            "would overwrite the live database"
-        )
+    if fac_db and snapshot_db and snapshot_db.same_database_as(fac_db):
+        problems.append(same_database_problem("snapshot", snapshot_db, fac_db, "the snapshot copy would "
+                                              "overwrite the live database, and db_restore copy it onto itself"))
     restore_test_db = read_restore_test_db(environ, bindings, (fac_db, snapshot_db), problems)
     webhook_url = read_webhook_url(environ, bindings, problems)
     # Notifications from a restricted-egress space (service.egress, service.mail)
     egress = read_egress(environ, bindings, problems)
     mail = read_mail(environ, bindings, problems)
-    if media and backups and media.bucket == backups.bucket:
+    if media and backups and media.same_bucket_as(backups):
         problems.append(
             f"the media binding {media.name!r} and the backups binding {backups.name!r} "
-            f"name the same bucket {media.bucket!r}"
+            f"name the same bucket {media.bucket!r} (on {media.endpoint_url or 'AWS'}); the media sync "
+            "would copy the bucket onto itself"
         )
     if problems:
         raise ConfigError(

@@ -23,15 +23,14 @@ import sys
 import threading
 import time
 from datetime import datetime
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
 from service import catalog, clients, integrity, jobs, layout
 from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
 from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError, ServiceError
+from service.httpserver import MetricsServer
 from service.log import get_logger
 from service.metrics import Metrics, parse_timestamp
 from service.runner import Runner
@@ -41,7 +40,6 @@ from service.storage import S3ObjectStore
 from service.tasks.prune import read_records
 
 STOP_WAIT_SECONDS = 7.0  # of cloud.gov's 10: leaves room to close sockets and flush logs
-TRIGGER_OPTIONS = ("confirm", "apply", "force")
 BUCKET_RULES_SECONDS = 86400.0  # cloud.gov may change the bucket's lifecycle rule at any time
 
 
@@ -123,47 +121,6 @@ def newest_started(summaries, kind: str) -> datetime | None:
     times = [datetime.fromisoformat(s.started_at) for s in summaries
              if s.complete and s.started_at and layout.id_kind(s.id) == kind]
     return max(times, default=None)
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_args) -> None:  # a scrape every 15 s is not news
-        pass
-
-
-class MetricsServer:
-    """/metrics (Prometheus text) and /healthz (200 while the scheduler runs) on one port."""
-
-    def __init__(self, port: int, registry: CollectorRegistry, healthy, host: str = "0.0.0.0"):
-        self.metrics_app = make_wsgi_app(registry)
-        self.healthy = healthy
-        try:
-            self.server = make_server(host, port, self.app, server_class=_ThreadingWSGIServer,
-                                      handler_class=_QuietHandler)
-        except OSError as exc:
-            raise ServiceError(f"cannot serve metrics on port {port}: {exc.strerror}",
-                               hint="another process uses the port; set PORT to a free one") from exc
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="http",
-                                       daemon=True)
-
-    def app(self, environ, start_response):
-        if environ.get("PATH_INFO") == "/healthz":
-            ok = self.healthy()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if ok else b"scheduler not running\n"]
-        return self.metrics_app(environ, start_response)
-
-    def start(self) -> MetricsServer:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run_scheduled(runner: Runner, job: str, settings) -> None:
@@ -298,8 +255,8 @@ def build_control_handler(runner: Runner, scheduler: JobScheduler, metrics: Metr
                                   for job, when in scheduler.next_runs().items()},
                     "jobs": sorted(jobs.JOBS)}
         if command == "trigger":
-            options = {k: v for k, v in request["options"].items() if k in TRIGGER_OPTIONS}
-            run_id = runner.submit(request["job"], tuple(request["args"]), options)
+            # Options go through as sent: jobs.validate_request refuses unknown ones and wrong types.
+            run_id = runner.submit(request["job"], tuple(request["args"]), request["options"])
             log.info("control.triggered", job=request["job"], run_id=run_id)
             return {"accepted": True, "job": request["job"], "run_id": run_id}
         paused = state["paused"] = command == "pause"

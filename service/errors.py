@@ -69,6 +69,10 @@ class LockBusyError(ServiceError):
     exit_code = 4
 
 
+class AlreadyRunningError(ServiceError):
+    """A run of the same job is in progress in the daemon; the request was not started."""
+
+
 class JobAbortedError(ServiceError):
     """The run was cancelled (SIGTERM, SIGINT); its partial work was undone."""
 
@@ -136,3 +140,26 @@ class CheckError(ServiceError):
 
 class ControlError(ServiceError):
     """The control socket could not be used (no daemon listening, a malformed request)."""
+
+
+class DaemonUnavailableError(ControlError):
+    """No daemon took the request (none listening, or too busy); nothing was asked of it."""
+
+    exit_code = 6
+
+
+class DaemonBusyError(DaemonUnavailableError):
+    """The daemon's listen queue or its control connections are full; try again in a moment."""
+
+
+ECHO_CHARS = 60  # of a value someone sent: enough to recognise it, never a 60 kB page
+
+
+def quote_input(value: object) -> str:
+    """`value` as a message or a log event shows what someone sent: its repr, cut to a readable
+    length that says how long the whole was. Every echo of outside input goes through here."""
+    text = repr(value)
+    if len(text) <= ECHO_CHARS:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as written"
+    return f"{text[:ECHO_CHARS]}... ({size})"

@@ -29,6 +29,7 @@ from service.errors import (
     LockBusyError,
     ServiceError,
     UsageError,
+    quote_input,
 )
 from service.locking import default_lock_guard
 from service.log import get_logger
@@ -109,25 +110,60 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
 
 def get_job(name: str) -> JobSpec:
     """The spec of `name`, or UsageError listing the known jobs."""
-    spec = JOBS.get(name)
+    spec = JOBS.get(name) if isinstance(name, str) else None
     if spec is None:
         raise UsageError(
-            f"unknown job {name!r}",
+            f"unknown job {quote_input(name)}",
             hint="known jobs: " + ", ".join(sorted(JOBS)),
         )
     return spec
 
 
+# Every option a request may carry, and what it takes. The CLI sends all three (confirm None when
+# not given); the socket sends what its client wrote, so nothing is coerced: "false" is not false.
+OPTION_TYPES = {"confirm": "text (SPACE/BINDING)", "apply": "true or false", "force": "true or false"}
+MAX_TEXT_CHARS = 200  # an id or a confirmation is tens of characters; past this it is not one
+ID_HINT = "copy the id from 'python -m service list'"
+
+
 def validate_request(spec: JobSpec, args: tuple[str, ...], options: dict, config: Config | None) -> None:
-    """Check arguments and, for protected jobs, the operator's confirmation."""
+    """Check every argument and option by type and, for protected jobs, the operator's confirmation.
+
+    The one place where the CLI, the socket and the scheduler meet: a request refused
+    here (UsageError, exit 2; ConfirmationRequiredError, exit 3) never starts.
+    """
     low, high = len(spec.arguments), len(spec.arguments) + len(spec.optional_arguments)
     if not low <= len(args) <= high:
         usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
         raise UsageError(f"{spec.name} takes {low if low == high else f'{low} to {high}'} argument(s)",
                          hint=f"usage: run {usage}")
+    for number, arg in enumerate(args, start=1):
+        check_text(f"argument {number} of {spec.name}", arg, ID_HINT)
+    if not isinstance(options, dict):
+        raise UsageError(f"the options of {spec.name} must be an object of name -> value, "
+                         f"not {quote_input(options)}")
+    for name, value in options.items():
+        if name not in OPTION_TYPES:
+            raise UsageError(f"unknown option {quote_input(name)} for {spec.name}; nothing was started",
+                             hint="options: " + ", ".join(f"{k} ({v})" for k, v in OPTION_TYPES.items()))
+        if name == "confirm":
+            if value is not None:  # None: not given
+                check_text("option 'confirm'", value, "name the space and the binding, e.g. production/fac-db")
+        elif not isinstance(value, bool):
+            raise UsageError(f"option {name!r} takes {OPTION_TYPES[name]}, not {quote_input(value)}; "
+                             "nothing was started", hint=f"send {name}: true or {name}: false (JSON booleans)")
     if spec.protected_target and config is not None:
         check_confirmation(spec.name, config.space, getattr(config, spec.protected_target).name,
                            options.get("confirm"))
+
+
+def check_text(what: str, value: object, hint: str) -> None:
+    """UsageError unless `value` is text of at most MAX_TEXT_CHARS (an id, a confirmation)."""
+    if not isinstance(value, str):
+        raise UsageError(f"{what} takes text, not {quote_input(value)}; nothing was started", hint=hint)
+    if len(value) > MAX_TEXT_CHARS:
+        raise UsageError(f"{what} is {len(value)} characters long, more than the {MAX_TEXT_CHARS} "
+                         f"any id or confirmation has: {quote_input(value)}; nothing was started", hint=hint)
 
 
 def confirmation_of(spec: JobSpec, config: Config, options: dict) -> dict | None:

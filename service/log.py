@@ -4,6 +4,12 @@ Events have stable names (`backup.started`, `backup.finished`, ...). Two layers
 keep secrets out: keys that name a secret are masked, and every registered
 secret value (passwords, S3 keys from the bindings) is replaced wherever it
 appears in a string, including exception text.
+
+Libraries log through the standard library (APScheduler's `apscheduler.*`,
+botocore, urllib3, asyncio) and Python warns through `warnings`: their records
+of WARNING and above are handed to structlog as `library.log` events (`logger`,
+`message`), and a thread that dies of an exception becomes `thread.crashed`, so
+every line the process writes is one of ours and parses as JSON in json mode.
 """
 
 from __future__ import annotations
@@ -79,6 +85,43 @@ def configure_logging(fmt: str = "auto", stream: TextIO | None = None, level: in
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    route_standard_logging()
+
+
+LIBRARY_LEVEL = logging.WARNING  # APScheduler says INFO at every fire: our own events tell that
+
+
+class _ToStructlog(logging.Handler):
+    """Hands a standard-library log record to structlog: one renderer, one lock, one stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format string must not lose the line
+            message = str(record.msg)
+        fields: dict[str, Any] = {"logger": record.name, "message": message}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        get_logger().log(record.levelno, "library.log", **fields)
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    get_logger().error("thread.crashed", thread=getattr(args.thread, "name", None),
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def route_standard_logging() -> None:
+    """Send the standard library's log records, warnings and thread crashes through structlog."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(LIBRARY_LEVEL)
+    logging.captureWarnings(True)
+    if threading.excepthook is threading.__excepthook__:  # not one a test runner put there
+        threading.excepthook = _log_thread_crash
 
 
 def get_logger(**bind: Any) -> structlog.typing.FilteringBoundLogger:

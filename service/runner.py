@@ -2,7 +2,10 @@
 
 Scheduler fires call `run` on an APScheduler worker thread; socket triggers
 call `submit`, which checks the request (a restore still needs its
-confirmation) and runs it on its own thread, answering at once. On stop,
+confirmation) and runs it on its own thread, answering at once. Both go
+through `_begin`, which checks that the job is not already running and
+registers the run in one step under the lock: of any number of simultaneous
+requests for a job, one starts and the others are refused. On stop,
 `cancel_all` cancels every scope (killing pg_dump process groups and aborting
 uploads) and `wait_idle` waits for the runs to record themselves as aborted.
 """
@@ -17,7 +20,7 @@ from datetime import UTC, datetime
 
 from service import jobs, journal
 from service.commands import CancelScope
-from service.errors import LockBusyError, ServiceError
+from service.errors import AlreadyRunningError, LockBusyError, ServiceError
 from service.log import get_logger
 from service.progress import Progress
 from service.storage import S3ObjectStore
@@ -57,6 +60,9 @@ class Runner:
         """
         try:
             active = self._begin(job, trigger)
+        except AlreadyRunningError:
+            self.record_skip(job, "already_running")  # e.g. the same job triggered over the socket
+            return None
         except ServiceError as exc:
             self.log.warning("job.not_started", job=job, error=exc.message)
             return None
@@ -66,17 +72,12 @@ class Runner:
                trigger: str = "socket") -> str:
         """Check the request, start the run in the background and return its run id.
 
-        Raises the refusal (unknown job, bad arguments, missing confirmation,
-        already running, stopping) before anything starts.
+        Raises the refusal (unknown job, bad arguments or options, missing
+        confirmation, already running, stopping) before anything starts.
         """
-        options = dict(options or {})
         spec = jobs.get_job(job)
-        jobs.validate_request(spec, tuple(args), options, self.config)
-        with self._lock:
-            running = next((r for r in self._active.values() if r.job == job), None)
-            if running is not None:
-                raise ServiceError(f"{job} is already running (run {running.run_id})",
-                                   hint="wait for it to finish: python -m service ctl status")
+        jobs.validate_request(spec, tuple(args), options if options is not None else {}, self.config)
+        options = dict(options or {})
         active = self._begin(job, trigger)
         thread = threading.Thread(target=self._execute, args=(active, tuple(args), options),
                                   name=f"run-{job}", daemon=True)
@@ -84,12 +85,18 @@ class Runner:
         return active.run_id
 
     def _begin(self, job: str, trigger: str) -> ActiveRun:
+        """Register a run of `job`, or refuse: the check and the registration are one step."""
         active = ActiveRun(uuid.uuid4().hex[:12], job, trigger, time.time(),
                            progress=Progress(enabled=self.config.settings.progress_seconds > 0))
         with self._lock:
             if self._closing:
                 raise ServiceError(f"the daemon is stopping; {job} was not started",
                                    detail=self._closing)
+            running = next((r for r in self._active.values() if r.job == job), None)
+            if running is not None:
+                raise AlreadyRunningError(f"{job} is already running (run {running.run_id}); "
+                                          "this request was not started",
+                                          hint="wait for it to finish: python -m service ctl status")
             self._active[active.run_id] = active
         return active
 

@@ -1,14 +1,17 @@
-"""Deliberate faults: PostgreSQL programs that misbehave on cue.
+"""Deliberate faults: PostgreSQL programs that misbehave on cue, and a client that trickles.
 
 `make_pg_bin(dir, pg_dump=SCRIPT)` builds a directory for FAC_BACKUP_PG_BIN in
 which every PostgreSQL program is the real one except those given as shell
 scripts. A script finds the real program in $REAL (e.g. `exec "$REAL" "$@"`)
-and sees the table pattern in its arguments.
+and sees the table pattern in its arguments. `trickle_until_closed` is the
+client that sends a byte at a time and never finishes its request.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 from pathlib import Path
 
 PROGRAMS = ("pg_dump", "pg_restore", "psql")
@@ -83,3 +86,21 @@ def stalls_after(schema: str, table: str, after_bytes: int) -> str:
   *'--table="{schema}"."{table}"'*) "$REAL" "$@" | head -c {after_bytes}; sleep 600 ;;
   *) exec "$REAL" "$@" ;;
 esac"""
+
+
+def trickle_until_closed(sock: socket.socket, byte: bytes, limit: float) -> tuple[bytes, float]:
+    """Send `byte` every socket timeout (set by the caller) until the server closes or `limit`
+    seconds pass; return what the server sent and the seconds it took."""
+    started, data = time.monotonic(), b""
+    while time.monotonic() - started < limit:
+        try:
+            sock.send(byte)
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:  # reset after the close
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data, time.monotonic() - started

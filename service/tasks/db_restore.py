@@ -80,7 +80,12 @@ def restore_from_snapshot(ctx) -> dict:
     """The db_restore step: checks, a pre-restore backup, then the all-or-nothing copy."""
     started = time.monotonic()
     source = ctx.config.snapshot_db.name
-    ctx.log.info("restore.started", source=source, target=ctx.config.fac_db.name, **(ctx.confirmation or {}))
+    live = ctx.config.fac_db
+    if ctx.config.snapshot_db.same_database_as(live):  # configuration refuses it; never reach the backup
+        raise SafetyError(f"refusing to copy {source} onto itself: it names {live.name}'s database "
+                          f"({live.host}:{live.port}/{live.dbname}); nothing was touched",
+                          hint=f"bind {source} to a database of its own")
+    ctx.log.info("restore.started", source=source, target=live.name, **(ctx.confirmation or {}))
     # Both ends before anything: a fac-db older than the snapshot is refused, and the
     # pre-restore backup needs a pg_dump of fac-db's major.
     clients.plan_copy(ctx.config.settings, ctx.config.snapshot_db, ctx.config.fac_db, what="restore")

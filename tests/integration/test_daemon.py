@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -70,14 +71,19 @@ def write_pg_bin(directory: Path, slow_when: str, seconds: float, gate: Path | N
 class Daemon:
     """`python -m service daemon` in a child process, with its log in a file."""
 
-    def __init__(self, env: dict, tmp: Path) -> None:
+    def __init__(self, env: dict, tmp: Path, nofile: int | None = None) -> None:
         self.env = env
         self.port = int(env["PORT"])
         self.socket = Path(env["FAC_BACKUP_CONTROL_SOCKET"])
         self.log_path = tmp / "daemon.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+
+        def limit_open_files() -> None:  # a container with a small open-file limit
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "service", "daemon"], env=env, cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit_open_files)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -108,10 +114,17 @@ class Daemon:
         return send_request(self.socket, {"command": command, **fields})
 
     def events(self) -> list[dict]:
+        """Every line the daemon wrote (stdout and stderr), each of which must be a JSON event,
+        as `cf logs` needs; a partial last line (being written) is left for the next look."""
+        text = self.log_path.read_text(errors="replace")
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            try:
                 out.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"the daemon wrote a line that is not JSON: {line[:500]!r}") from None
         return out
 
     def log_text(self) -> str:
@@ -135,13 +148,13 @@ class Daemon:
 def start_daemon(sandbox):
     started: list[Daemon] = []
 
-    def start(**overrides: str) -> Daemon:
+    def start(nofile: int | None = None, **overrides: str) -> Daemon:
         env = dict(sandbox.environ, PORT=str(free_port()), FAC_BACKUP_SCHEDULED_CRON=NEVER,
                    FAC_BACKUP_DAILY_CRON=NEVER, FAC_BACKUP_CHECK_CRON="off", FAC_BACKUP_VERIFY_CRON="off",
                    FAC_BACKUP_REPORT_CRON="off",
                    FAC_BACKUP_CATCH_UP="false", FAC_BACKUP_METRICS_REFRESH_SECONDS="1")
         env.update(overrides)
-        daemon = Daemon(env, sandbox.tmp)
+        daemon = Daemon(env, sandbox.tmp, nofile)
         started.append(daemon)
         return daemon
 
@@ -335,3 +348,25 @@ def test_a_bad_schedule_stops_the_daemon_before_it_listens(sandbox):
     assert done.returncode == 2
     assert "FAC_BACKUP_DAILY_CRON" in done.stderr
     assert not Path(env["FAC_BACKUP_CONTROL_SOCKET"]).exists()
+
+
+def test_every_line_the_daemon_writes_is_json_apschedulers_too(sandbox, start_daemon):
+    """A snapshot database that accepts connections and never answers keeps the version check
+    running past its 1 s interval, so APScheduler warns that it skipped the next one: that
+    warning is a JSON event like every other line the daemon writes."""
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        sandbox.credential_overrides["fac-snapshot-db"] = {"port": str(silent.getsockname()[1])}
+        daemon = start_daemon()
+        daemon.wait_healthy()
+        warning = wait_for(lambda: next((e for e in daemon.events()
+                                         if e.get("logger", "").startswith("apscheduler")), None),
+                           30, "APScheduler's warning as a JSON event")
+        assert warning["event"] == "library.log" and warning["level"] == "warning"
+        assert "maximum number of running instances" in warning["message"]
+    # Closed, the silent peer resets the stuck connection: the check ends and the daemon can stop
+    # (a check stuck for its whole 30 s connect timeout would hold up the exit).
+    code, _ = daemon.stop()
+    assert code == 0
+    assert len(daemon.events()) == len(daemon.log_path.read_text().splitlines())

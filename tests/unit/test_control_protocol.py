@@ -6,12 +6,15 @@ import json
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from service import control
 from service.control import MAX_LINE_BYTES, ControlServer, parse_request, send_request
-from service.errors import ControlError, ServiceError
+from service.errors import ControlError, DaemonBusyError, ServiceError
+from tests.fakes import trickle_until_closed
 
 
 @pytest.fixture
@@ -148,10 +151,10 @@ def test_client_says_clearly_when_no_daemon_listens(sock_dir):
 
 
 def test_ctl_cli_exits_non_zero_with_a_clear_error_without_a_daemon(sock_dir, capsys):
-    """`ctl status` with no daemon prints the error and exits 1."""
+    """`ctl status` with no daemon prints the error and exits 6 (nothing was asked of a daemon)."""
     from service.cli import main
 
-    assert main(["ctl", "--socket", str(sock_dir / "none.sock"), "status"]) == 1
+    assert main(["ctl", "--socket", str(sock_dir / "none.sock"), "status"]) == 6
     assert "no daemon is listening" in capsys.readouterr().err
 
 
@@ -166,3 +169,80 @@ def test_ctl_cli_prints_the_reply_and_passes_the_confirmation(server, capsys):
     assert request["job"] == "media_sync" and request["options"]["confirm"] == "fac-db"
     assert main(["ctl", "--socket", str(server.path), "trigger", "s3_restore", "x"]) == 1
     assert "--confirm fac-db" in capsys.readouterr().err
+
+
+def fill_listen_queue(path: Path) -> list[socket.socket]:
+    """Connect without being accepted until the kernel refuses (EAGAIN on a Unix socket)."""
+    held = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            s.close()
+            return held
+        held.append(s)
+        assert len(held) < 10_000
+
+
+def test_a_full_listen_queue_is_a_clear_error_with_exit_6(sock_dir, capsys, monkeypatch):
+    """A daemon that does not accept (stuck, or flooded) and whose queue is full: `ctl status`
+    tries again for a moment, then says so and exits 6; no traceback."""
+    from service.cli import main
+
+    monkeypatch.setattr(control, "CONNECT_RETRY_SECONDS", 0.3)
+    stuck = ControlServer(sock_dir / "c.sock", lambda r: {})  # listening, never accepting
+    held = fill_listen_queue(stuck.path)
+    try:
+        assert len(held) >= control.LISTEN_BACKLOG
+        assert main(["ctl", "--socket", str(stuck.path), "status"]) == 6
+        err = capsys.readouterr().err
+        assert "queue stayed full" in err and "nothing was sent" in err and "Traceback" not in err
+    finally:
+        for s in held:
+            s.close()
+        stuck.server_close()
+
+
+def test_a_client_trickling_bytes_is_cut_off_at_the_request_deadline(sock_dir):
+    """A byte every 0.2 s never finishing a line: the server answers an error and closes once the
+    whole-request deadline (1 s here, 30 s in the daemon) has passed, however often bytes arrive."""
+    srv = ControlServer(sock_dir / "c.sock", lambda r: {"echo": True}, request_seconds=1.0).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(srv.path))
+            s.settimeout(0.2)
+            data, closed_after = trickle_until_closed(s, b"{", 10)
+        assert closed_after < 5, "the trickling client kept its connection"
+        assert b"not complete within 1 s" in data
+        assert send_request(srv.path, {"command": "status"}) == {"ok": True, "echo": True}
+    finally:
+        srv.close()
+
+
+def test_clients_beyond_the_connection_cap_are_told_busy_at_once(sock_dir):
+    """With every slot held by idle clients, one more gets a busy reply (exit 6) at once; when a
+    slot frees, requests are served again."""
+    srv = ControlServer(sock_dir / "c.sock", lambda r: {"echo": True}, max_connections=2).start()
+    idle = []
+    try:
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(srv.path))
+            idle.append(s)
+        started = time.monotonic()
+        reply = send_request(srv.path, {"command": "status"})
+        assert time.monotonic() - started < 2
+        assert reply["ok"] is False and reply["exit_code"] == DaemonBusyError.exit_code == 6
+        assert "2 control connections" in reply["error"]
+        idle.pop().close()
+        deadline = time.monotonic() + 5
+        while (reply := send_request(srv.path, {"command": "status"}))["ok"] is False:
+            assert time.monotonic() < deadline, "the freed slot was never reused"
+            time.sleep(0.05)
+        assert reply == {"ok": True, "echo": True}
+    finally:
+        for s in idle:
+            s.close()
+        srv.close()

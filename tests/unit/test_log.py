@@ -35,3 +35,43 @@ def test_json_when_not_a_terminal():
     event = json.loads(out.getvalue())
     assert event["job"] == "x" and event["tables"] == 3 and event["level"] == "info" and "timestamp" in event
     structlog.reset_defaults()
+
+
+def test_every_library_line_is_json_too(monkeypatch):
+    """APScheduler's warnings, any other library's log records, Python warnings and a thread that
+    crashed all come out as JSON lines of the same stream, with their logger and level, secrets
+    redacted; nothing reaches stderr as plain text."""
+    import logging
+    import sys
+    import threading
+    import warnings
+
+    register_secrets(["lib-secret-4411"])
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # as in the daemon, not pytest's
+    logging.captureWarnings(False)  # pytest may have replaced showwarning since: install afresh
+    configure_logging("json", out)
+    logging.getLogger("apscheduler.scheduler").warning(
+        "Execution of job %r skipped: maximum number of running instances reached (1)", "refresh-versions")
+    logging.getLogger("urllib3.connectionpool").error("retrying with lib-secret-4411")
+    logging.getLogger("apscheduler.executors.default").info("Running job (a routine line stays out)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("an old API", DeprecationWarning, stacklevel=1)
+    crashing = threading.Thread(target=lambda: 1 / 0, name="doomed")
+    crashing.start()
+    crashing.join()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    by_logger = {e["logger"]: e for e in events if "logger" in e}
+    skipped = by_logger["apscheduler.scheduler"]
+    assert skipped["event"] == "library.log" and skipped["level"] == "warning"
+    assert "maximum number of running instances" in skipped["message"] and "timestamp" in skipped
+    assert by_logger["urllib3.connectionpool"]["message"] == "retrying with ***"
+    assert "apscheduler.executors.default" not in by_logger
+    assert "an old API" in by_logger["py.warnings"]["message"]
+    crash = next(e for e in events if e["event"] == "thread.crashed")
+    assert crash["thread"] == "doomed" and "ZeroDivisionError" in crash["exception"]
+    assert err.getvalue() == ""
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
