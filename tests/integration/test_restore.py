@@ -169,18 +169,22 @@ def test_missing_dump_refused_naming_the_table(sample_db):
         assert database_state(conn) == before
 
 
-def _terminate_when_idle_in_transaction(box, stop: threading.Event, done: list) -> None:
-    """Find the restore's psql by application_name once it waits inside its transaction; kill it."""
+def _terminate_when_idle_in_transaction(box, stop: threading.Event, done: list, seen: list | None = None) -> None:
+    """Find the restore's psql by application_name once it waits inside its transaction; kill it.
+    `seen` collects what its sessions were doing meanwhile (state, wait event), for a failure's message."""
     deadline = time.monotonic() + 60
     with box.pg.connect() as conn:
         while time.monotonic() < deadline and not stop.is_set():
-            row = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s "
-                "AND state = 'idle in transaction'", (restore.APPLICATION_NAME, box.db)).fetchone()
-            if row:
-                conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                done.append(row[0])
+            rows = conn.execute(
+                "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = %s", (restore.APPLICATION_NAME, box.db)).fetchall()
+            idle = [pid for pid, state, *_ in rows if state == "idle in transaction"]
+            if idle:
+                conn.execute("SELECT pg_terminate_backend(%s)", (idle[0],))
+                done.append(idle[0])
                 return
+            if seen is not None and rows and (not seen or seen[-1] != rows):
+                seen.append(rows)
             time.sleep(0.01)
 
 
@@ -202,8 +206,9 @@ def test_connection_terminated_mid_load_leaves_database_unchanged(sample_db, mon
 
     monkeypatch.setattr(restore, "_load_object", load_then_pause)
     done: list = []
+    seen: list = []
     stop = threading.Event()
-    killer = threading.Thread(target=_terminate_when_idle_in_transaction, args=(sample_db, stop, done))
+    killer = threading.Thread(target=_terminate_when_idle_in_transaction, args=(sample_db, stop, done, seen))
     killer.start()
 
     def release():
@@ -218,7 +223,7 @@ def test_connection_terminated_mid_load_leaves_database_unchanged(sample_db, mon
         stop.set()
         gate.set()
         releaser.join()
-    assert done, "the restore session was never seen idle in its transaction"
+    assert done, f"the restore session was never seen idle in its transaction; seen: {seen[-5:]}"
     assert result.outcome == "failure"
     assert "nothing was committed" in str(result.error)
     with sample_db.connect() as conn:
