@@ -125,3 +125,7 @@ class CheckError(ServiceError):
 
 class ControlError(ServiceError):
     """The control socket could not be used (no daemon listening, a malformed request)."""
+
+
+class StallError(ServiceError):
+    """A long step moved nothing for FAC_BACKUP_STALL_SECONDS and was stopped as a cancel stops it."""
