@@ -54,6 +54,8 @@ class Settings:
     prune_after_daily: bool = True  # prune_backups --apply after each successful daily_backup
     progress_seconds: float = 30.0  # one step.progress event per this many seconds of a step; 0: off
     bucket_expiry_days: int | None = None  # the backups bucket's expiry when its rules cannot be read
+    # Stalls: a long step that moves nothing for this long is stopped (service.watchdog); 0: off.
+    stall_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         prune_after_daily=r.choice("PRUNE_AFTER_DAILY", "true", ("true", "false")) == "true",
         progress_seconds=r.number("PROGRESS_SECONDS", 30.0, 0.0),
         bucket_expiry_days=r.integer("BUCKET_EXPIRY_DAYS", 0, 1, 36500) if r.raw("BUCKET_EXPIRY_DAYS") else None,
+        # Stalls
+        stall_seconds=r.number("STALL_SECONDS", 300.0, 0.0),
     )
 
 
