@@ -17,10 +17,10 @@ additions per chunk of a MiB or more.
 
 The same thread runs the stall watchdog (service.watchdog) when one is given.
 What counts as motion: a byte counted, a table or object finished, a listing
-page read (`touch`); an `activity` (a transfer or a request in flight) whose
-`allowance` has not run out (a server-side copy of 5 GB may answer late); and a
-probe that reports the server busy on the step's behalf (an index build moves
-no byte). `idle_seconds` is the time since the last motion; `in_flight` names
+page read (`touch`), a request answered; and a probe that reports the server
+busy on the step's behalf (an index build moves no byte). An `activity` (a
+transfer or a request in flight) with an `allowance` lets the step stay quiet
+that much longer while it runs (a server-side copy of 5 GB may answer late). `idle_seconds` is the time since the last motion; `in_flight` names
 what is under way, the longest-quiet first, and `probes` what the servers said,
 for the watchdog's message.
 """
@@ -129,8 +129,10 @@ class Progress:
     def activity(self, what: str, *, allowance: float = 0.0) -> Iterator[Activity]:
         """Register a transfer or request in flight for the block (see the module docstring).
 
-        `allowance` (seconds) counts the activity as motion for that long after it starts:
-        for a request that honestly answers late (a large server-side copy).
+        `allowance` (seconds): while the activity is in flight the step may stay quiet that
+        much longer, for a request that honestly answers late (a large server-side copy). It
+        extends the wait from the last motion, never from the request's start: requests that
+        keep starting and failing are no motion, however many there are.
         """
         with self._lock:
             activity = Activity(self if self.enabled else None, what, allowance, self._clock())
@@ -140,9 +142,6 @@ class Progress:
         finally:
             with self._lock:
                 self._activities.pop(id(activity), None)
-                if activity.allowance:  # what the allowance covered stays covered
-                    now = self._clock()
-                    self.last_moved = max(self.last_moved, min(now, activity.started + activity.allowance))
 
     def add_probe(self, probe) -> int:
         """A probe (`busy_at`: the last time it saw the server working for the step; `describe()`)
@@ -164,19 +163,16 @@ class Progress:
                 return 0.0
             now = self._clock()
             last = self.last_moved
-            for activity in self._activities.values():
-                if activity.allowance:
-                    last = max(last, min(now, activity.started + activity.allowance))
             for probe in self._probes.values():
                 last = max(last, probe.busy_at)
-            return max(0.0, now - last)
+            allowed = max((a.allowance for a in self._activities.values()), default=0.0)
+            return max(0.0, now - last - allowed)
 
     def in_flight(self) -> list[tuple[float, str]]:
         """(seconds quiet, description) of every activity, the longest-quiet first."""
         with self._lock:
             now = self._clock()
-            found = [(now - max(a.last_moved, min(now, a.started + a.allowance)), a.what)
-                     for a in self._activities.values()]
+            found = [(now - a.last_moved, a.what) for a in self._activities.values()]
         return sorted(found, key=lambda item: -item[0])
 
     def probes(self) -> list:

@@ -62,16 +62,27 @@ def test_bytes_items_and_pages_are_motion_and_time_without_them_is_idle(progress
 
 
 def test_an_allowance_covers_a_late_answer_and_then_runs_out(progress, clock):
-    """A request with an allowance (a 5 GB server-side copy) is motion for that long, no longer."""
+    """A request with an allowance (a 5 GB server-side copy) may be quiet that much longer, no more;
+    once it ended without an answer, its allowance is gone."""
     with progress.activity("S3 COPY of s3://b/big", allowance=30):
         clock.now += 29
         assert progress.idle_seconds() == 0
         clock.now += 11
         assert progress.idle_seconds() == 10
-    assert progress.idle_seconds() == 10  # what the allowance covered stays covered
+    assert progress.idle_seconds() == 40
     with progress.activity("S3 HEAD of s3://b/k"):  # an ordinary request is no motion by itself
         clock.now += 4
-        assert progress.idle_seconds() == 14
+        assert progress.idle_seconds() == 44
+
+
+def test_requests_that_keep_starting_and_failing_are_no_motion(progress, clock):
+    """A media sync on a silent S3: 16 copies at a time, each failing after its read timeout and the
+    next one starting, for ten minutes. Idle time keeps growing: the watchdog is not masked."""
+    for _ in range(20):
+        with contextlib.suppress(TimeoutError), progress.activity("S3 COPY of s3://b/k", allowance=1.2):
+            clock.now += 30
+            raise TimeoutError
+    assert progress.idle_seconds() == 600
 
 
 def test_a_busy_probe_is_motion_and_a_stale_one_is_not(progress, clock):
