@@ -20,15 +20,17 @@ What counts as motion: a byte counted, a table or object finished, a listing
 page read (`touch`), a request answered; and a probe that reports the server
 busy on the step's behalf (an index build moves no byte). An `activity` (a
 transfer or a request in flight) with an `allowance` lets the step stay quiet
-that much longer while it runs (a server-side copy of 5 GB may answer late). `idle_seconds` is the time since the last motion; `in_flight` names
-what is under way, the longest-quiet first, and `probes` what the servers said,
-for the watchdog's message.
+that much longer while it runs (a server-side copy of 5 GB may answer late).
+`idle_seconds` is the time since the last motion, less that allowance;
+`in_flight` names what is under way, the longest-quiet first, and `probes`
+what the servers said, for the watchdog's message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import sys
 import threading
 import time
@@ -42,11 +44,13 @@ RATE_WINDOW_SECONDS = 30.0  # the "current rate" is measured over this much rece
 class Activity:
     """One transfer or request in flight, registered by `Progress.activity`."""
 
-    __slots__ = ("_progress", "allowance", "last_moved", "started", "what")
+    __slots__ = ("_progress", "allowance", "last_moved", "number", "started", "what")
+    _numbers = itertools.count()
 
     def __init__(self, progress: Progress | None, what: str, allowance: float, now: float) -> None:
         self._progress, self.what, self.allowance = progress, what, allowance
         self.started = self.last_moved = now
+        self.number = next(Activity._numbers)  # later ones are inside earlier ones (a request in a download)
 
     def moved(self, nbytes: int = 0) -> None:
         """`nbytes` more of this transfer arrived (0: it moved without bytes, e.g. a page listed)."""
@@ -172,8 +176,9 @@ class Progress:
         """(seconds quiet, description) of every activity, the longest-quiet first."""
         with self._lock:
             now = self._clock()
-            found = [(now - a.last_moved, a.what) for a in self._activities.values()]
-        return sorted(found, key=lambda item: -item[0])
+            found = [(now - a.last_moved, -a.number, a.what) for a in self._activities.values()]
+        # Equally quiet, the innermost (the request, not the session it feeds) is named first.
+        return [(quiet, what) for quiet, _, what in sorted(found, key=lambda f: (-round(f[0], 1), f[1]))]
 
     def probes(self) -> list:
         """The probes watching the step's servers (see `add_probe`)."""

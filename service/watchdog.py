@@ -55,13 +55,14 @@ def build_stall_error(step: str, idle: float, limit: float, in_flight: list[tupl
     """
     probes = probes or []
     silent = [p for p in probes if getattr(p, "silent", False)]
+    # The quietest request may be younger than the stall (requests that fail are followed by new ones).
     if in_flight:
         quiet, what = in_flight[0]
-        culprit = f"{what} moved nothing for {quiet:.1f} s"
+        culprit = f"{what} (waiting {quiet:.1f} s)"
     elif silent:
         culprit = silent[0].describe()
     else:
-        culprit = f"nothing moved for {idle:.0f} s" + (f" while {doing}" if doing else "")
+        culprit = "nothing in flight" + (f" while {doing}" if doing else "")
     lines = [f"{what}: quiet for {quiet:.1f} s" for quiet, what in in_flight[:NAMED_IN_FLIGHT]]
     if len(in_flight) > NAMED_IN_FLIGHT:
         lines.append(f"... and {len(in_flight) - NAMED_IN_FLIGHT} more")
@@ -70,7 +71,7 @@ def build_stall_error(step: str, idle: float, limit: float, in_flight: list[tupl
         lines.append(f"stage: {doing}")
     lines.append(f"limit: {STALL_VARIABLE}={limit:g}")
     return StallError(
-        f"{step} stalled and was stopped: {culprit}",
+        f"{step} stalled and was stopped after {idle:.0f} s without motion: {culprit}",
         detail="\n".join(lines),
         hint="nothing half-done was kept (uploads aborted, transactions rolled back, no manifest "
              "written); check the network path to that endpoint, then run the job again",

@@ -27,6 +27,7 @@ import time
 
 CHUNK = 64 * 1024
 HOLD_BYTES = 256 * 1024  # what a stalled direction still takes in before its sender blocks
+HTTP_METHODS = (b"GET", b"PUT", b"POST", b"HEAD", b"DELETE")
 
 
 class _Pair:
@@ -71,6 +72,7 @@ class FaultProxy:
         self._trip: dict[str, int] = {}
         self._rate = 0.0
         self.stalled_at: float | None = None  # monotonic time of the last stall
+        self.requests: list[tuple[float, str]] = []  # (when, request line) of HTTP requests sent up
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, name="faultproxy-accept", daemon=True).start()
@@ -171,6 +173,7 @@ class FaultProxy:
                     if not pair.open.is_set():
                         held += data
                         continue
+                    self._note(direction, data)
                     dst.sendall(data)
                     self._count(direction, len(data))
                     if self._rate:
@@ -191,6 +194,11 @@ class FaultProxy:
         with self._lock:
             if pair in self._pairs:
                 self._pairs.remove(pair)
+
+    def _note(self, direction: str, data: bytes) -> None:
+        """Remember the request line of an HTTP request on its way up (the S3 side)."""
+        if direction == "up" and data[:7].split(b" ")[0] in HTTP_METHODS:
+            self.requests.append((time.monotonic(), data.split(b"\r\n", 1)[0].decode("latin-1")))
 
     def _count(self, direction: str, nbytes: int) -> None:
         with self._lock:

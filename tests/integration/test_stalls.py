@@ -23,7 +23,7 @@ from service import catalog
 from service.progress import Progress
 from tests.faultproxy import FaultProxy
 from tests.fingerprint import fingerprint
-from tests.integration.test_daemon import NEVER, Daemon, free_port
+from tests.integration.test_daemon import NEVER, Daemon, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,7 @@ class SessionWatch:
         self.box, self.names = box, [getattr(box, w) for w in which]
         self.last_seen = time.monotonic()
         self.seen: list = []
+        self.last_seen_as: dict[tuple[str, str], float] = {}  # (application_name, state) -> when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -93,6 +94,8 @@ class SessionWatch:
                 found = self.sessions(admin)
                 if found:
                     self.last_seen, self.seen = time.monotonic(), found
+                    for _db, application, state in found:
+                        self.last_seen_as[(application, state)] = self.last_seen
                 self._stop.wait(0.05)
 
     def gone(self, timeout: float = 30.0) -> float:
@@ -159,6 +162,10 @@ def test_a_backup_stalled_mid_upload_fails_fast_and_lets_go_of_fac_db(sample_db,
     assert released < LIMIT + MARGIN, released
     assert list(box.store().list_objects("backups/")) == []
     no_backup_looks_complete(box)
+    # The exported snapshot was let go before the first clean-up request left for S3.
+    snapshot_held = watch.last_seen_as[("fac-backup", "idle in transaction")]
+    cleanup = min(t for t, line in s3_proxy.requests if line.startswith("DELETE ") or "?delete" in line)
+    assert snapshot_held < cleanup, (snapshot_held - s3_proxy.stalled_at, cleanup - s3_proxy.stalled_at)
     print(f"db_to_s3: error {took:.1f} s, last fac-db session {released:.1f} s after the stall")
 
 
@@ -254,7 +261,7 @@ def test_a_restore_stalled_while_loading_rolls_back_and_lets_go(sample_db, scrat
     watch = SessionWatch(box, "db", *(["scratch"] if target == "scratch" else []))
     progress = StallWhen(s3_proxy, "loading table")
     result = box.run(job, backup_id, options=CONFIRM, progress=progress)
-    took = assert_stopped_in_time(result, s3_proxy, time.monotonic(), "download of s3://", s3_proxy.url)
+    took = assert_stopped_in_time(result, s3_proxy, time.monotonic(), f"of s3://{box.backups}/", s3_proxy.url)
     released = watch.gone() - s3_proxy.stalled_at
     assert released < LIMIT + MARGIN, released
     with connect_target(box, target) as conn:
@@ -302,23 +309,15 @@ def test_a_media_sync_under_a_stall_ends_within_the_limit_naming_its_cause(sampl
         box.s3.client().delete_objects(Bucket=box.media, Delete={"Objects": [{"Key": k} for k in keys]})
     route_s3(box, s3_proxy)
     box.config(FAC_BACKUP_STALL_SECONDS=str(LIMIT))
+    watch = SessionWatch(box, "db")  # the run's lock, on fac-db
     result = box.run(job, *args, options=options, progress=StallAfterCopies(s3_proxy, 3))
     took = assert_stopped_in_time(result, s3_proxy, time.monotonic(), "S3 COPY of s3://", s3_proxy.url)
     assert result.steps[-1].figures["copied"] >= 3, result.steps[-1].figures
-    print(f"{job}: error {took:.1f} s after the stall")
+    released = watch.gone() - s3_proxy.stalled_at
+    print(f"{job}: error {took:.1f} s, last fac-db session {released:.1f} s after the stall")
 
 
 # --- SIGTERM still wins ---------------------------------------------------------------------------
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 def test_sigterm_stops_a_one_off_run_blocked_on_a_silent_s3_within_cf_stops_grace(sample_db, s3_proxy):
     """`python -m service run db_to_s3` blocked in S3 requests that get no answer (the watchdog far

@@ -110,8 +110,8 @@ def test_the_error_names_the_longest_quiet_transfer_its_endpoint_and_how_long(pr
             error = build_stall_error("s3_restore", progress.idle_seconds(), 5, progress.in_flight(),
                                       "loading table public.x into fac-db", [Probe(0, "fac-db: idle in transaction")])
     assert isinstance(error, StallError) and error.exit_code == 1
-    assert error.message == ("s3_restore stalled and was stopped: download of s3://b/k from https://s3.example "
-                             "moved nothing for 7.0 s")
+    assert error.message == ("s3_restore stalled and was stopped after 6 s without motion: download of "
+                             "s3://b/k from https://s3.example (waiting 7.0 s)")
     assert "public-big.dump" in error.detail and "fac-db: idle in transaction" in error.detail
     assert "stage: loading table public.x into fac-db" in error.detail
     assert "FAC_BACKUP_STALL_SECONDS=5" in error.detail
