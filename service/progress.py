@@ -16,8 +16,8 @@ sooner says nothing; nothing runs between steps. Counting costs a lock and two
 additions per chunk of a MiB or more.
 
 The same thread runs the stall watchdog (service.watchdog) when one is given.
-What counts as motion: a byte counted, a table or object finished, a listing
-page read (`touch`), a request answered; and a probe that reports the server
+What counts as motion: a byte counted, a table or object finished, a request
+answered (a listing page, a HEAD); and a probe that reports the server
 busy on the step's behalf (an index build moves no byte). An `activity` (a
 transfer or a request in flight) with an `allowance` lets the step stay quiet
 that much longer while it runs (a server-side copy of 5 GB may answer late).
@@ -113,11 +113,6 @@ class Progress:
         """A table or object is finished."""
         with self._lock:
             self.items += count
-            self.last_moved = self._clock()
-
-    def touch(self) -> None:
-        """The step moved without a byte to count (a listing page arrived)."""
-        with self._lock:
             self.last_moved = self._clock()
 
     def set_doing(self, what: str) -> None:

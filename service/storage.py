@@ -183,10 +183,6 @@ class S3ObjectStore(ObjectStore):
         with self._request(action, key, allowance=allowance):
             return method(Bucket=self.bucket, **kwargs)
 
-    def _page(self) -> None:
-        if self.progress is not None:
-            self.progress.touch()  # a long listing moves no byte we count, but it moves
-
     def put_bytes(
         self, key: str, data: bytes, *, content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -221,7 +217,6 @@ class S3ObjectStore(ObjectStore):
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
-            self._page()
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     item["Key"], int(item["Size"]), item.get("ETag", "").strip('"'), item.get("LastModified")
@@ -237,7 +232,6 @@ class S3ObjectStore(ObjectStore):
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
-            self._page()
             level: list = [p["Prefix"] for p in page.get("CommonPrefixes", [])]
             level += [ObjectInfo(i["Key"], int(i["Size"]), i.get("ETag", "").strip('"'), i.get("LastModified"))
                       for i in page.get("Contents", [])]

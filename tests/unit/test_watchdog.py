@@ -48,17 +48,20 @@ def progress(clock):
     return p
 
 
-def test_bytes_items_and_pages_are_motion_and_time_without_them_is_idle(progress, clock):
-    """Idle time counts from the last byte, finished item or listing page, and only from then."""
+def test_bytes_items_and_answers_are_motion_and_time_without_them_is_idle(progress, clock):
+    """Idle time counts from the last byte, finished item or answered request, and only from then."""
     clock.now += 5
     assert progress.idle_seconds() == 5
     progress.add(10)
     clock.now += 1
     assert progress.idle_seconds() == 1
-    for move in (progress.item_done, progress.touch):
+    with progress.activity("S3 LIST of s3://b/backups/") as listing:
         clock.now += 3
-        move()
+        listing.moved()  # the page arrived
         assert progress.idle_seconds() == 0
+    clock.now += 3
+    progress.item_done()
+    assert progress.idle_seconds() == 0
 
 
 def test_an_allowance_covers_a_late_answer_and_then_runs_out(progress, clock):
