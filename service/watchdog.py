@@ -73,8 +73,9 @@ def build_stall_error(step: str, idle: float, limit: float, in_flight: list[tupl
     return StallError(
         f"{step} stalled and was stopped after {idle:.0f} s without motion: {culprit}",
         detail="\n".join(lines),
-        hint="nothing half-done was kept (uploads aborted, transactions rolled back, no manifest "
-             "written); check the network path to that endpoint, then run the job again",
+        hint="nothing half-done passes for complete (uploads aborted, transactions rolled back, no manifest "
+             "written; a snapshot refreshed in place is recorded as failed, and db_restore refuses it); "
+             "check the network path to that endpoint, then run the job again",
     )
 
 

@@ -21,6 +21,8 @@ import pytest
 
 from service import catalog
 from service.progress import Progress
+from service.refresh_record import FAILED, read_refresh_state
+from service.tasks.snapshot import APPLICATION_NAME
 from tests.faultproxy import FaultProxy
 from tests.fingerprint import fingerprint
 from tests.integration.test_daemon import NEVER, Daemon, free_port, wait_for
@@ -176,12 +178,16 @@ def snapshot_holds_data(box) -> None:
     assert result.outcome == "success", result.error
 
 
-@pytest.mark.parametrize("job", ["db_to_db", "db_restore"])
+@pytest.mark.parametrize("job", ["db_to_db", "db_to_db in place", "db_restore"])
 def test_a_copy_whose_source_stalls_mid_copy_rolls_back_and_lets_go_of_both_databases(sample_db, pg_proxy, job):
     """The source database goes silent while a table streams: the copy fails within the limit naming
-    the table and the source; its target (fac-snapshot-db, or fac-db for db_restore) is exactly as
-    before, and no session of the service is left on either database."""
+    the table and the source, and no session of the service is left on either database. An
+    all-or-nothing copy (a snapshot with room for two copies, or db_restore into fac-db) leaves its
+    target exactly as before; a refresh in place leaves a snapshot recorded as `failed`, naming the
+    stall, which db_restore refuses."""
     box = sample_db
+    in_place = job.endswith("in place")
+    job = job.split()[0]
     add_big_table(box, rows=60000)
     if job == "db_restore":
         snapshot_holds_data(box)
@@ -192,6 +198,8 @@ def test_a_copy_whose_source_stalls_mid_copy_rolls_back_and_lets_go_of_both_data
         before = fingerprint(conn)
     route_db(box, source, pg_proxy)
     box.config(FAC_BACKUP_STALL_SECONDS=str(LIMIT))
+    if not in_place:
+        box.config(FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB="1000")  # room for both copies: all or nothing
     # Past the catalog reads and the schema-only dump, inside the rows of public.big.
     pg_proxy.stall_after(2 * MIB, "down")
     watch = SessionWatch(box, "db", "snapshot_db")
@@ -201,8 +209,12 @@ def test_a_copy_whose_source_stalls_mid_copy_rolls_back_and_lets_go_of_both_data
     released = watch.gone() - pg_proxy.stalled_at
     assert released < LIMIT + MARGIN, released
     with box.connect(target) as conn:
-        assert fingerprint(conn) == before
-    print(f"{job}: error {took:.1f} s, last session {released:.1f} s after the stall")
+        if in_place:
+            state, record = read_refresh_state(conn, APPLICATION_NAME)
+            assert state == FAILED and "stalled" in record.error, (state, record)
+        else:
+            assert fingerprint(conn) == before
+    print(f"{job}{' in place' if in_place else ''}: error {took:.1f} s, last session {released:.1f} s after the stall")
 
 
 # --- s3_restore and the drill: S3 goes silent while the tables load --------------------------------
