@@ -20,7 +20,6 @@ from service.commands import CancelScope
 from service.config import load_config
 from service.errors import ServiceError
 from service.log import configure_logging, register_secrets, scrub
-from service.progress import Progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +117,7 @@ def cmd_run(ns) -> int:
     install_signal_handlers(scope)
     options = {"confirm": ns.confirm, "apply": ns.apply, "force": ns.force}
     # On a terminal a live bar shows each long step; elsewhere (cf run-task, pipes) step.progress events do.
-    progress = Progress(enabled=config.settings.progress_seconds > 0, display=sys.stderr.isatty())
+    progress = jobs.progress_for(config.settings, display=sys.stderr.isatty())
     result = jobs.run_job(config, ns.job, tuple(ns.args), options=options, scope=scope, trigger="cli",
                           progress=progress)
     if result.error is not None:

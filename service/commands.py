@@ -15,7 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from service.errors import CommandError, JobAbortedError
+from service.errors import CommandError, JobAbortedError, ServiceError
 
 STDERR_TAIL_BYTES = 8192
 TERMINATE_GRACE_SECONDS = 2.0
@@ -25,8 +25,11 @@ class CancelScope:
     """Cancellation shared by everything one job run started.
 
     `cancel()` sets the flag, then kills the process group of every running
-    command and calls every registered cleanup (aborting uploads, closing
-    connections). Work checks `cancelled` between units and raises via `check()`.
+    command and calls every registered cleanup, the latest first (cutting
+    connections, interrupting S3 requests). Work checks `cancelled` between
+    units and raises via `check()`. `fail(error)` cancels in exactly the same
+    way, but the run is to end with `error` (the stall watchdog's verdict)
+    rather than as aborted: `failure` holds it.
     """
 
     def __init__(self) -> None:
@@ -35,6 +38,7 @@ class CancelScope:
         self._commands: set[RunningCommand] = set()
         self._cleanups: dict[int, Callable[[], None]] = {}
         self.reason = ""
+        self.failure: ServiceError | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -52,13 +56,23 @@ class CancelScope:
         return self._event.wait(timeout)
 
     def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel(reason, None)
+
+    def fail(self, error: ServiceError) -> None:
+        """Cancel as `cancel` does; the run then ends as a failure with `error`, not as aborted.
+        A run already cancelled keeps its first reason (a SIGTERM that came first still wins)."""
+        self._cancel(error.message, error)
+
+    def _cancel(self, reason: str, failure: ServiceError | None) -> None:
         with self._lock:
             if self._event.is_set():
                 return
-            self.reason = reason
+            self.reason, self.failure = reason, failure
             self._event.set()
             commands = list(self._commands)
-            cleanups = list(self._cleanups.values())
+            # Latest first: a resource taken inside another (the snapshot's connection inside the
+            # run's stores) is let go before the outer one starts its own clean-up.
+            cleanups = list(self._cleanups.values())[::-1]
         for command in commands:
             command.terminate()
         for cleanup in cleanups:

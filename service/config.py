@@ -72,6 +72,8 @@ class Settings:
     # (service.space: GiB, 2^30 bytes); None: unknown, so the snapshot copy takes the space-safe method
     fac_db_storage_gb: float | None = None
     snapshot_db_storage_gb: float | None = None
+    # Stalls: a long step that moves nothing for this long is stopped (service.watchdog); 0: off.
+    stall_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,8 @@ def load_settings(environ: Mapping[str, str], problems: list[str]) -> Settings:
         # Database storage (the disks production gives each binding)
         fac_db_storage_gb=read_storage_gb(r, "FAC_DB_STORAGE_GB"),
         snapshot_db_storage_gb=read_storage_gb(r, "SNAPSHOT_DB_STORAGE_GB"),
+        # Stalls
+        stall_seconds=r.number("STALL_SECONDS", 300.0, 0.0),
     )
 
 

@@ -2,8 +2,13 @@
 
 Start: read the schedules (a bad cron stops here, before anything runs), serve
 /metrics and /healthz on $PORT, open the control socket, start the scheduler,
-rebuild the metrics from the manifests in the backups bucket, and run a
-catch-up scheduled_backup when a slot was missed while the app was down.
+and say so: /healthz answers 200 from then on, whatever S3 does. In the
+background (`StartupReads`), rebuild the metrics from the manifests in the
+backups bucket and run a catch-up scheduled_backup when a slot was missed
+while the app was down, and read the bucket's lifecycle rules; until each
+succeeds, `daemon.start_pending` says what waits and why, and
+fac_backup_start_pending{task} is 1. A silent S3 never keeps the daemon from
+starting (cloud.gov would restart it after 180 s, with no cause stated).
 
 Run: the scheduler fires jobs through the Runner (jobs.run_job, the safe
 boundary); every `metrics_refresh_seconds` the bucket's manifests are read
@@ -11,8 +16,9 @@ again, so runs made by `cf run-task` in other containers show in the gauges.
 
 Stop (SIGTERM from `cf stop` or a redeploy, SIGINT on a terminal): stop
 scheduling, cancel the running jobs (their pg_dump process groups are killed,
-uploads aborted, no manifest written), close the socket and the HTTP server
-and exit 0, inside cloud.gov's 10-second grace before SIGKILL.
+S3 requests in flight interrupted, uploads aborted, no manifest written),
+interrupt the housekeeping reads of the bucket, close the socket and the HTTP
+server and exit 0, inside cloud.gov's 10-second grace before SIGKILL.
 """
 
 from __future__ import annotations
@@ -56,9 +62,10 @@ class CatalogWatcher:
 
     def first_listing(self) -> list[catalog.BackupSummary]:
         """Every backup (catalog.list_backups); seeds the cache and the gauges."""
-        summaries = catalog.list_backups(self.store)
-        self.known = {s.id: s for s in summaries if s.complete}
-        self.metrics.observe_backups(summaries, time.time())
+        with self._lock:  # the periodic tick may run meanwhile: the start-up read is in the background
+            summaries = catalog.list_backups(self.store)
+            self.known = {s.id: s for s in summaries if s.complete}
+            self.metrics.observe_backups(summaries, time.time())
         self.observe_integrity(summaries)
         return summaries
 
@@ -166,12 +173,11 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
     except ServiceError:
         http.close()
         raise
+    rules = BucketRulesWatcher(store_factory(config.backups), settings, metrics, log,
+                               read_records=read_records)
+    startup = StartupReads(config, scheduler, watcher, rules, triggers, metrics, log, stop)
     try:
         scheduler.start()
-        catch_up(config, scheduler, watcher, triggers, log)
-        rules = BucketRulesWatcher(store_factory(config.backups), settings, metrics, log,
-                                   read_records=read_records)
-        rules.refresh()  # the bucket's own expiry against the retention: warns once at start
         scheduler.add_interval("bucket-rules", BUCKET_RULES_SECONDS, rules.refresh)
 
         def tick() -> None:
@@ -190,16 +196,19 @@ def run_daemon(config, *, store_factory=S3ObjectStore) -> int:
         threading.Thread(target=disks.refresh, name="disks", daemon=True).start()
         scheduler.add_interval("refresh-disks", settings.metrics_refresh_seconds, disks.refresh)
         metrics.set_next_runs(scheduler.next_runs())
-        ready.set()  # /healthz says 200 from here: scheduled, gauges rebuilt, socket open
+        ready.set()  # /healthz says 200 from here: scheduled, socket open; the bucket is read next
         log.info("daemon.started", port=settings.http_port, socket=str(settings.control_socket),
                  timezone=str(settings.timezone),
-                 schedules={job: str(t) for job, t in triggers.items()})
+                 schedules={job: str(t) for job, t in triggers.items()}, pending=list(startup.pending))
+        startup.start()
         stop.wait()
     finally:
         why = reason[0] if reason else "stopping"
         log.info("daemon.stopping", reason=why)
         scheduler.shutdown()
         cancelled = runner.cancel_all(why)
+        for store in (watcher.store, rules.store):  # housekeeping reads blocked on a silent S3
+            store.interrupt(why)
         control.close()
         idle = runner.wait_idle(STOP_WAIT_SECONDS)
         http.close()
@@ -219,14 +228,62 @@ def observe_versions(config, metrics: Metrics, log) -> None:
         log.exception("versions.refresh_crashed")
 
 
+class StartupReads:
+    """The start's reads of the backups bucket, on a thread of their own, retried until they succeed.
+
+    `catalog`: the first listing (the gauges) and the catch-up decision, which is made once
+    the listing arrives, however late. `bucket_rules`: the lifecycle rules against the
+    retention. While one is pending its gauge is 1; each failure logs `daemon.start_pending`
+    with the error, and the read is tried again after `retry_seconds`.
+    """
+
+    def __init__(self, config, scheduler: JobScheduler, watcher: CatalogWatcher, rules, triggers,
+                 metrics: Metrics, log, stop: threading.Event, retry_seconds: float | None = None) -> None:
+        self.config, self.scheduler, self.watcher, self.rules = config, scheduler, watcher, rules
+        self.triggers, self.metrics, self.log, self.stop = triggers, metrics, log, stop
+        self.retry_seconds = retry_seconds or min(60.0, config.settings.metrics_refresh_seconds)
+        self.pending = {"catalog": self._read_catalog, "bucket_rules": self._read_rules}
+        for task in self.pending:
+            metrics.set_start_pending(task, True)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="startup-reads", daemon=True).start()
+
+    def _run(self) -> None:
+        while self.pending and not self.stop.is_set():
+            for task, read in list(self.pending.items()):
+                try:
+                    read()
+                except ServiceError as exc:
+                    self.log.warning("daemon.start_pending", task=task, error=exc.message, detail=exc.detail,
+                                     pending=sorted(self.pending), retry_seconds=self.retry_seconds,
+                                     hint="the daemon is up and scheduling; "
+                                          + PENDING_WHY[task] + " once the backups bucket answers")
+                    continue
+                except Exception:  # noqa: BLE001 - housekeeping must never stop the daemon
+                    self.log.exception("daemon.start_read_crashed", task=task)
+                    continue
+                del self.pending[task]
+                self.metrics.set_start_pending(task, False)
+            if self.pending:
+                self.stop.wait(self.retry_seconds)
+
+    def _read_catalog(self) -> None:
+        catch_up(self.config, self.scheduler, self.watcher, self.triggers, self.log)
+
+    def _read_rules(self) -> None:
+        if self.rules.refresh() is None:  # it logged why (bucket.rules_check_failed)
+            raise ServiceError("the backups bucket's lifecycle rules could not be read")
+
+
+PENDING_WHY = {"catalog": "the gauges from the bucket and the catch-up decision follow",
+               "bucket_rules": "the check of the bucket's expiry against the retention follows"}
+
+
 def catch_up(config, scheduler: JobScheduler, watcher: CatalogWatcher, triggers, log) -> None:
-    """Rebuild the gauges from the bucket; queue a scheduled_backup if a slot was missed."""
-    try:
-        summaries = watcher.first_listing()
-    except ServiceError as exc:
-        log.warning("catalog.listing_failed", error=exc.message, detail=exc.detail,
-                    hint="metrics from the bucket come at the next refresh; no catch-up was decided")
-        return
+    """Rebuild the gauges from the bucket; queue a scheduled_backup if a slot was missed.
+    Raises the listing's ServiceError (nothing is decided without it)."""
+    summaries = watcher.first_listing()
     trigger = triggers.get("scheduled_backup")
     if not config.settings.catch_up or trigger is None:
         return

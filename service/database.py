@@ -8,6 +8,8 @@ become DatabaseError with the server's message and no secret.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from psycopg import sql
 
 from service.errors import DatabaseError
 from service.log import scrub
+from service.pgtools import CLIENT_KEEPALIVES, CONNECT_TIMEOUT_SECONDS, SESSION_LIMITS
 from service.vcap import DatabaseBinding
 
 # Catalog only: no lock is taken on the tables (pg_total_relation_size would take one,
@@ -52,13 +55,23 @@ class TableInfo:
 
 
 def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = False,
-            lock_timeout_seconds: int | None = None) -> psycopg.Connection:
+            lock_timeout_seconds: int | None = None, application_name: str = "fac-backup",
+            connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+            statement_timeout_seconds: int | None = None) -> psycopg.Connection:
     """Open a connection; raise DatabaseError naming the binding, never the password.
 
     `lock_timeout_seconds` makes a statement that waits for a table lock (held by
     a migration) fail instead of hanging and queueing the application behind it.
+    Both ends watch the connection (TCP keepalives, a user timeout, the server's
+    check of its client during a statement: pgtools.SESSION_LIMITS), so a peer
+    that vanished is noticed within about a minute, while a statement that
+    honestly runs for hours is never cut.
     """
-    options = f"-c lock_timeout={int(lock_timeout_seconds)}s" if lock_timeout_seconds else None
+    options = SESSION_LIMITS
+    if lock_timeout_seconds:
+        options += f" -c lock_timeout={int(lock_timeout_seconds)}s"
+    if statement_timeout_seconds:
+        options += f" -c statement_timeout={int(statement_timeout_seconds)}s"
     try:
         return psycopg.connect(
             options=options,
@@ -68,9 +81,10 @@ def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = 
             user=db.username,
             password=db.password,
             sslmode=sslmode,
-            application_name="fac-backup",
-            connect_timeout=30,
+            application_name=application_name,
+            connect_timeout=connect_timeout,
             autocommit=autocommit,
+            **CLIENT_KEEPALIVES,
         )
     except psycopg.Error as exc:
         raise DatabaseError(
@@ -78,6 +92,31 @@ def connect(db: DatabaseBinding, *, sslmode: str = "prefer", autocommit: bool = 
             detail=scrub(str(exc).strip()),
             hint="check that the service binding is current and the database is reachable",
         ) from exc
+
+
+def describe_endpoint(db: DatabaseBinding) -> str:
+    """'fac-db (host:port)', for messages about where something waited."""
+    return f"{db.name} ({db.host}:{db.port})"
+
+
+def sever(conn: psycopg.Connection) -> None:
+    """Cut `conn`'s socket in both directions, from any thread; never raises.
+
+    A thread blocked on the connection (a statement, a COPY) wakes at once with
+    an error, and the server, seeing the connection end, rolls back its
+    transaction and ends the session: a cancel that does not depend on the
+    server answering (psycopg's cancel needs a second connection, and a silent
+    network delivers neither).
+    """
+    try:
+        fd = conn.fileno()
+    except (psycopg.Error, OSError, ValueError):
+        return  # closed already
+    try:
+        with socket.socket(fileno=os.dup(fd)) as cut:
+            cut.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

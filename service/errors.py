@@ -152,6 +152,10 @@ class DaemonBusyError(DaemonUnavailableError):
     """The daemon's listen queue or its control connections are full; try again in a moment."""
 
 
+class StallError(ServiceError):
+    """A long step moved nothing for FAC_BACKUP_STALL_SECONDS and was stopped as a cancel stops it."""
+
+
 ECHO_CHARS = 60  # of a value someone sent: enough to recognise it, never a 60 kB page
 
 

@@ -36,6 +36,7 @@ from service.log import get_logger
 from service.progress import Progress, watch_step
 from service.storage import ObjectStore, S3ObjectStore
 from service.tasks import backup, checks, db_restore, drill, prune, report, restore, snapshot, sync
+from service.watchdog import StallWatch
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ STEPS: dict[str, StepFunction] = {
 }
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in JOB_SPECS}
+
+# The long steps that move data: the stall watchdog (service.watchdog) watches these. The
+# others (counts, checks, prune) wait only on requests that have deadlines of their own.
+STALL_WATCHED_STEPS = frozenset({"db_to_s3", "db_to_db", "s3_restore", "db_restore", "media_sync",
+                                 "media_restore", "verify_backup"})
 
 
 def get_job(name: str) -> JobSpec:
@@ -218,6 +224,8 @@ class JobContext:
             store = self.store_factory(getattr(self.config, which))
             if self.progress.enabled:
                 store.progress = self.progress  # its uploads and downloads count as this run's progress
+            # A cancel (SIGTERM, a stall) reaches the store's requests in flight, not only the next one.
+            self.scope.add_cleanup(lambda: store.interrupt(self.scope.reason))
             self._stores[which] = store
         return self._stores[which]
 
@@ -276,6 +284,29 @@ def _summary_figures(figures: dict) -> dict:
 LockGuard = Callable[[JobContext], contextlib.AbstractContextManager]
 
 
+def progress_for(settings, *, display: bool = False) -> Progress:
+    """A run's tracker: counting on while progress is reported or the stall watchdog watches."""
+    return Progress(enabled=settings.progress_seconds > 0 or settings.stall_seconds > 0, display=display)
+
+
+def _watchdog(ctx: JobContext, step: str, log, metrics) -> StallWatch | None:
+    """The stall watchdog of `step`, or None (a short step, or FAC_BACKUP_STALL_SECONDS=0)."""
+    limit = ctx.config.settings.stall_seconds
+    if limit <= 0 or step not in STALL_WATCHED_STEPS or not ctx.progress.enabled:
+        return None
+    return StallWatch(ctx.progress, limit, ctx.scope.fail, log=log, metrics=metrics, job=ctx.job)
+
+
+def _cancelled_error(scope: CancelScope, error: ServiceError | None) -> tuple[ServiceError, str]:
+    """(error, outcome) of a run whose scope was cancelled."""
+    if scope.failure is not None:
+        return scope.failure, "failure"
+    if isinstance(error, JobAbortedError):
+        return error, "aborted"
+    return JobAbortedError("the run was cancelled", detail=scope.reason,
+                           hint="start it again when ready"), "aborted"
+
+
 def _no_lock(_ctx: JobContext) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
@@ -323,7 +354,7 @@ def run_job(
             return rejected
         ctx = JobContext(config, spec, run_id, tuple(args), options, scope or CancelScope(), log,
                          store_factory or S3ObjectStore, clock,
-                         progress=progress or Progress(enabled=config.settings.progress_seconds > 0))
+                         progress=progress or progress_for(config.settings))
         if metrics is not None:
             metrics.job_started(name)
         log.info("job.started", trigger=trigger, steps=list(spec.steps), args=list(args))
@@ -337,7 +368,8 @@ def run_job(
                     t0 = time.monotonic()
                     log.info("step.started", step=current)
                     with watch_step(ctx.progress, current, interval=config.settings.progress_seconds,
-                                    log=log, job=name, metrics=metrics):
+                                    log=log, job=name, metrics=metrics,
+                                    watchdog=_watchdog(ctx, current, log, metrics)):
                         figures = STEPS[current](ctx) or {}
                     steps.append(StepResult(current, "success", round(time.monotonic() - t0, 3), figures))
                     log.info("step.finished", step=current, **_summary_figures(figures))
@@ -350,10 +382,17 @@ def run_job(
         except ServiceError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes a run
-            crashed = True
-            error = ServiceError(f"internal error: {type(exc).__name__}: {exc}",
-                                 hint="this is a bug; the traceback is in the log")
-            log.exception("job.crashed", step=current)
+            if ctx.scope.cancelled:  # a cut connection's error, after the cancel that cut it
+                error = JobAbortedError("the run was cancelled", detail=f"{type(exc).__name__}: {exc}")
+            else:
+                crashed = True
+                error = ServiceError(f"internal error: {type(exc).__name__}: {exc}",
+                                     hint="this is a bug; the traceback is in the log")
+                log.exception("job.crashed", step=current)
+        if ctx.scope.cancelled and outcome in ("failure", "aborted"):
+            # The cancel is the cause, whatever error the interrupted work raised on its way out:
+            # the stall watchdog's verdict (a failure), or a signal's (aborted).
+            error, outcome = _cancelled_error(ctx.scope, error)
         if current is not None:
             steps.append(StepResult(current, outcome if outcome != "success" else "failure", 0.0,
                                     ctx.figures_on_failure or {}))

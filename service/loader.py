@@ -72,6 +72,7 @@ class Session:
         self.psql = RunningCommand(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, scope=scope)
         self.committed = False
         self.bytes_sent = 0
+        self.activity = None  # the run's record of psql taking SQL (service.progress), when watched
         self.execute("BEGIN;\n")
 
     def execute(self, statements: str) -> None:
@@ -99,6 +100,8 @@ class Session:
             self.bytes_sent += len(data)
         except (BrokenPipeError, OSError, ValueError):
             raise self._failure() from None
+        if self.activity is not None:
+            self.activity.moved()  # psql took it: the load moves (its bytes count where they were read)
 
     def _failure(self) -> BaseException:
         """The reason psql stopped reading: its own error, the cut connection, or a cancel."""

@@ -24,6 +24,7 @@ OUTCOMES = ("success", "failure", "skipped", "aborted")
 SKIP_REASONS = ("lock_busy", "already_running", "missed")
 NOTIFY_CHANNELS = ("webhook", "email")  # fac_backup_notifications_total{channel}
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800, 14400)
+START_TASKS = ("catalog", "bucket_rules")
 
 
 def _version() -> str:
@@ -153,6 +154,27 @@ class Metrics:
             "no installed client serves it).",
             ["binding", "server_version", "client_version"], registry=r,
         )
+        # Stalls: a running job that moves nothing, steps the watchdog stopped, and what the
+        # daemon's start still waits for from the bucket.
+        self.job_idle_seconds = Gauge(
+            "fac_backup_job_idle_seconds",
+            "Seconds since the running step of the job last moved a byte, finished a table or object, "
+            "or had the server working for it (0 when it is not running).",
+            ["job"], registry=r,
+        )
+        self.job_stall_count = Counter(
+            "fac_backup_job_stalls",
+            "Steps of the job stopped by the stall watchdog (FAC_BACKUP_STALL_SECONDS without motion).",
+            ["job"], registry=r,
+        )
+        self.start_pending = Gauge(
+            "fac_backup_start_pending",
+            "1 while a read of the backups bucket that the daemon's start needs has not succeeded yet "
+            "(task: catalog, the first listing and the catch-up decision; bucket_rules, the lifecycle rules).",
+            ["task"], registry=r,
+        )
+        for task in START_TASKS:
+            self.start_pending.labels(task=task).set(0)
         for decision in ("keep", "delete"):
             self.prune_backups.labels(decision=decision).set(0)
             self.prune_bytes.labels(decision=decision).set(0)
@@ -216,6 +238,8 @@ class Metrics:
             self.job_running.labels(job=job).set(0)
             self.job_last_success.labels(job=job).set(0)
             self.job_progress(job, 0, 0)
+            self.job_idle_seconds.labels(job=job).set(0)
+            self.job_stall_count.labels(job=job)
 
     def init_disks(self, storage: dict[str, int], required: dict[str, str]) -> None:
         """Pre-initialise the disk series: binding -> known storage bytes (0: unknown), and
@@ -361,6 +385,20 @@ class Metrics:
     def observe_rows_dropped(self, tables: int) -> None:
         """Tables flagged by the newest complete backup, unless acknowledged (service.integrity)."""
         self.rows_dropped_tables.set(tables)
+
+
+    # Stalls
+    def job_idle(self, job: str, seconds: float) -> None:
+        """How long the running step of `job` has moved nothing (0 once it ends)."""
+        self.job_idle_seconds.labels(job=job).set(round(seconds, 1))
+
+    def step_stalled(self, job: str) -> None:
+        """The watchdog stopped a step of `job`."""
+        self.job_stall_count.labels(job=job).inc()
+
+    def set_start_pending(self, task: str, pending: bool) -> None:
+        """A start-up read of the bucket (START_TASKS) is still pending, or done."""
+        self.start_pending.labels(task=task).set(1 if pending else 0)
 
 
 def parse_timestamp(text: str) -> float | None:

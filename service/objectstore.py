@@ -10,6 +10,7 @@ implementation (the only boto3 user) and re-exports everything here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
-from service.errors import JobAbortedError, StorageError
+from service.errors import JobAbortedError, ServiceError, StorageError
 
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -124,6 +125,13 @@ class ObjectStore(ABC):
     # The running job's tracker (service.progress), set by the JobContext that made this
     # store: upload_stream and streams.ObjectReader count the bytes they move into it.
     progress = None
+    endpoint = "memory"  # where the bucket is served, for messages (an S3 store: its endpoint URL)
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Stop every request in flight at once and refuse new ones but a few seconds of clean-up
+        (aborting uploads, deleting objects). For a cancel: a store that has nothing blocking
+        has nothing to do."""
+        return None
 
     @abstractmethod
     def put_bytes(
@@ -245,6 +253,15 @@ class ObjectStore(ABC):
         # Passed only when given, so a store written against the older
         # two-argument primitives keeps working.
         extra = {k: v for k, v in (("content_type", content_type), ("metadata", metadata)) if v}
+        with self._activity(f"upload of s3://{self.bucket}/{key} to {self.endpoint}") as activity:
+            return self._upload_stream(key, reader, part_size, cancelled, before_complete, extra, activity)
+
+    def _activity(self, what: str):
+        """The run's record of a transfer in flight (nothing when no run tracks this store)."""
+        return self.progress.activity(what) if self.progress is not None else contextlib.nullcontext()
+
+    def _upload_stream(self, key, reader, part_size, cancelled, before_complete, extra, activity) -> UploadResult:
+        count = activity.moved if activity is not None else self._count
         digest = hashlib.sha256()
         first = _read_full(reader, part_size)
         if len(first) < part_size:
@@ -252,7 +269,7 @@ class ObjectStore(ABC):
             if before_complete:
                 before_complete()
             self.put_bytes(key, first, **extra)
-            self._count(len(first))
+            count(len(first))
             return UploadResult(key, len(first), hashlib.sha256(first).hexdigest())
         upload_id = self._begin_upload(key, **extra)
         chunks: queue.Queue = queue.Queue(maxsize=1)
@@ -278,7 +295,7 @@ class ObjectStore(ABC):
                 digest.update(chunk)
                 total += len(chunk)
                 parts.append(self._upload_part(key, upload_id, number, chunk))
-                self._count(len(chunk))
+                count(len(chunk))
                 number += 1
                 chunk = chunks.get()
             self._check_cancel(cancelled)
@@ -322,6 +339,6 @@ class ObjectStore(ABC):
     def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
             self.abort_upload(key, upload_id)
-        except StorageError:
-            pass  # swept at the next start (see sweep in tasks.backup)
+        except ServiceError:
+            pass  # swept at the next start (see sweep in tasks.backup); an interrupt may refuse it too
 

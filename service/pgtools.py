@@ -16,6 +16,25 @@ from service.vcap import DatabaseBinding
 
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "LD_LIBRARY_PATH", "PGSSLROOTCERT")
 
+# Network deadlines of every session, safe for honest long work. The server probes an idle
+# peer after 30 s, gives up after three unanswered probes 10 s apart, drops a connection
+# whose sent data stays unacknowledged for 60 s, and checks every 2 s during a statement
+# that its client is still there (so a killed psql's index build or COPY stops at once,
+# and its transaction rolls back). None of these can end a statement that is working: a
+# live peer's kernel answers probes and acknowledges data whatever the program is doing.
+CONNECT_TIMEOUT_SECONDS = 30
+SESSION_LIMITS = ("-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
+                  "-c tcp_user_timeout=60000 -c client_connection_check_interval=2000")
+# The client's side of the same, for psycopg's connections (libpq has no environment
+# variable for them; the programs' own sockets keep the system's keepalives, and the
+# stall watchdog ends them).
+CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                     "keepalives_count": 3, "tcp_user_timeout": 60000}
+# A program's session idle inside its transaction this long is ended by the server: far
+# beyond any honest gap (a restore's psql waits only for the next bytes from S3) and beyond
+# FAC_BACKUP_STALL_SECONDS, it bounds a transaction whose client is gone without a trace.
+IDLE_IN_TRANSACTION_SECONDS = 900
+
 
 def build_program_path(pg_bin_dir: str | None, program: str) -> str:
     """The program inside FAC_BACKUP_PG_BIN when set, else the name for PATH lookup."""
@@ -40,8 +59,9 @@ def build_pg_env(
         PGPASSWORD=db.password,
         PGSSLMODE=sslmode,
         PGAPPNAME=application_name,
-        PGCONNECT_TIMEOUT="30",
-        PGOPTIONS="-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0",
+        PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT_SECONDS),
+        PGOPTIONS="-c statement_timeout=0 -c lock_timeout=0 "
+                  f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_SECONDS}s {SESSION_LIMITS}",
     )
     return env
 

@@ -87,7 +87,7 @@ class Runner:
     def _begin(self, job: str, trigger: str) -> ActiveRun:
         """Register a run of `job`, or refuse: the check and the registration are one step."""
         active = ActiveRun(uuid.uuid4().hex[:12], job, trigger, time.time(),
-                           progress=Progress(enabled=self.config.settings.progress_seconds > 0))
+                           progress=jobs.progress_for(self.config.settings))
         with self._lock:
             if self._closing:
                 raise ServiceError(f"the daemon is stopping; {job} was not started",

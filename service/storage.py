@@ -5,14 +5,16 @@ StorageError), so nothing outside catches botocore. The contract itself
 (ObjectStore, upload_stream) lives in `service.objectstore` and the fake in
 `service.memory_store`; both are re-exported here, so callers import every
 storage name from this one module.
+
+Every request has a deadline, and `interrupt()` reaches requests in flight
+(service.s3_deadlines, used on this module's clients only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
 from typing import BinaryIO
 
 import boto3
@@ -36,6 +38,17 @@ from service.objectstore import (
     choose_part_size,
     parse_expiry_rules,
 )
+from service.s3_deadlines import (
+    ATTEMPTS,
+    COMPLETE_SECONDS_PER_PART,
+    CONNECT_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    CleanupGaveUp,
+    RequestInterrupted,
+    copy_allowance,
+    guard_for,
+)
+from service.s3_listing import parse_listing_fast
 from service.vcap import BucketBinding
 
 __all__ = [
@@ -61,39 +74,6 @@ def _info(key: str, r: dict) -> ObjectInfo:
     """An ObjectInfo from a HEAD or GET response."""
     return ObjectInfo(key, int(r["ContentLength"]), r.get("ETag", "").strip('"'), r.get("LastModified"),
                       r.get("ContentType", ""), dict(r.get("Metadata") or {}))
-
-
-_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-def _parse_listing_fast(response_dict: dict, customized_response_dict: dict, **_kwargs) -> None:
-    """Parse the <Contents> of a ListObjectsV2 page with ElementTree.
-
-    botocore's generic XML parser spends about half a millisecond of CPU per
-    listed object, which dominates a sync of a large, unchanged bucket. We take
-    the entries out of the body and hand them over ready-made; botocore parses
-    the rest (truncation, token, encoding) and still URL-decodes the keys.
-    Anything unexpected is left to botocore untouched.
-    """
-    if response_dict.get("status_code", 500) >= 300:
-        return
-    try:
-        root = ElementTree.fromstring(response_dict["body"])
-        entries = root.findall(_S3_NS + "Contents")
-        contents = [
-            {"Key": e.findtext(_S3_NS + "Key") or "", "Size": int(e.findtext(_S3_NS + "Size") or 0),
-             "ETag": e.findtext(_S3_NS + "ETag") or "",
-             "LastModified": datetime.fromisoformat(e.findtext(_S3_NS + "LastModified") or "")}
-            for e in entries
-        ]
-    except (ElementTree.ParseError, ValueError, TypeError):
-        return
-    if not contents:
-        return
-    for entry in entries:
-        root.remove(entry)
-    response_dict["body"] = ElementTree.tostring(root)
-    customized_response_dict["Contents"] = contents
 
 
 class _DoneSubscriber(BaseSubscriber):
@@ -156,13 +136,18 @@ def _without_proxy(config: BotoConfig) -> BotoConfig:
     return config.merge(BotoConfig(proxies={}))
 
 
-def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, max_attempts: int = 5):
-    """A client using only the binding's credentials, region and endpoint (no AWS_* env)."""
+def build_s3_client(binding: BucketBinding, *, max_pool_connections: int = 72, max_attempts: int = ATTEMPTS):
+    """A client using only the binding's credentials, region and endpoint (no AWS_* env).
+
+    `max_attempts` counts every attempt, the first included: against an endpoint
+    that accepts and never answers, a call fails after about ATTEMPTS x
+    READ_TIMEOUT_SECONDS (plus a second or two of backoff), naming the endpoint.
+    """
     config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
         ignore_configured_endpoint_urls=True,
     )
     config = _without_proxy(config)
@@ -179,14 +164,37 @@ class S3ObjectStore(ObjectStore):
         self.binding = binding
         self.bucket = bucket or binding.bucket
         self.client = client if client is not None else build_s3_client(binding)
-        self.client.meta.events.register("before-parse.s3.ListObjectsV2", _parse_listing_fast,
+        self.client.meta.events.register("before-parse.s3.ListObjectsV2", parse_listing_fast,
                                          unique_id="fac-backup-listing")
+        self._guard = guard_for(self.client)
+        self.endpoint = self.client.meta.endpoint_url
 
-    def _call(self, action: str, key: str, method, **kwargs):
+    def interrupt(self, reason: str = "interrupted") -> None:
+        self._guard.interrupt(reason)
+
+    @contextlib.contextmanager
+    def _request(self, action: str, key: str, *, allowance: float = 0.0) -> Iterator[None]:
+        """One request (its retries included): shown to the watchdog while in flight, its errors
+        translated. `allowance`: seconds it may honestly take beyond an ordinary request."""
+        where = f"s3://{self.bucket}/{key}"
+        activity = (self.progress.activity(f"S3 {action} of {where} at {self.endpoint}", allowance=allowance)
+                    if self.progress is not None else contextlib.nullcontext())
         try:
-            return method(Bucket=self.bucket, **kwargs)
+            with activity as moving, self._guard.allowance(allowance):
+                yield
+                if moving is not None:
+                    moving.moved()  # S3 answered: that is motion, whatever the caller counts
+        except RequestInterrupted as exc:
+            raise JobAbortedError(f"S3 {action} of {where} was stopped", detail=str(exc)) from None
+        except CleanupGaveUp as exc:
+            raise StorageError(f"S3 {action} of {where} failed", detail=str(exc),
+                               hint="check that the S3 endpoint is reachable") from None
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, action, self.bucket, key) from exc
+
+    def _call(self, action: str, key: str, method, *, allowance: float = 0.0, **kwargs):
+        with self._request(action, key, allowance=allowance):
+            return method(Bucket=self.bucket, **kwargs)
 
     def put_bytes(
         self, key: str, data: bytes, *, content_type: str | None = None,
@@ -198,9 +206,8 @@ class S3ObjectStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         body = self.open_stream(key)
         try:
-            return body.read()
-        except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, "GET", self.bucket, key) from exc
+            with self._request("GET", key):
+                return body.read()
         finally:
             body.close()
 
@@ -275,14 +282,13 @@ class S3ObjectStore(ObjectStore):
             )
 
     def read_expiry_rules(self) -> list[ExpiryRule]:
-        try:
-            rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
-                return []
-            raise _translate(exc, "GET LIFECYCLE", self.bucket) from exc
-        except BotoCoreError as exc:
-            raise _translate(exc, "GET LIFECYCLE", self.bucket) from exc
+        with self._request("GET LIFECYCLE", ""):
+            try:
+                rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
         return parse_expiry_rules(rules)
 
     def list_open_uploads(self, prefix: str = "") -> list[OpenUpload]:
@@ -314,7 +320,9 @@ class S3ObjectStore(ObjectStore):
             return None
         if (self.binding.endpoint_url or "") != (dest.binding.endpoint_url or ""):
             return None  # another S3 service: no server-side copy between them
-        return S3ObjectStore(self.binding, client=self.client, bucket=dest.bucket)
+        copier = S3ObjectStore(self.binding, client=self.client, bucket=dest.bucket)
+        copier.progress = self.progress
+        return copier
 
     def copy_from(
         self,
@@ -339,9 +347,11 @@ class S3ObjectStore(ObjectStore):
         if source_etag:
             extra["CopySourceIfMatch"] = f'"{source_etag}"'
         if size < multipart_threshold:
-            r = self._call("COPY", key, self.client.copy_object, Key=key, CopySource=copy_source, **extra)
+            r = self._call("COPY", key, self.client.copy_object, allowance=copy_allowance(size), Key=key,
+                           CopySource=copy_source, **extra)
             return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
-        self._copy_multipart(copy_source, key, extra, multipart_threshold, part_size, cancelled)
+        with self._request("COPY", key, allowance=copy_allowance(size)):
+            self._copy_multipart(copy_source, key, extra, multipart_threshold, part_size, cancelled)
         return self.head(key).etag
 
     def _copy_multipart(self, copy_source: dict, key: str, extra: dict, threshold: int, part_size: int,
@@ -355,6 +365,8 @@ class S3ObjectStore(ObjectStore):
                 info = self.client.head_object(**copy_source)
             except (ClientError, BotoCoreError) as exc:
                 raise _translate(exc, "HEAD", copy_source["Bucket"], copy_source["Key"]) from exc
+            except RequestInterrupted as exc:
+                raise JobAbortedError("the copy was stopped", detail=str(exc)) from None
             extra = {**extra, "MetadataDirective": "REPLACE",
                      **_attributes(info.get("ContentType") or _DEFAULT_TYPE, info.get("Metadata") or {})}
         config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(part_size, MIN_PART_SIZE),
@@ -374,7 +386,7 @@ class S3ObjectStore(ObjectStore):
             except (ClientError, BotoCoreError) as exc:
                 raise _translate(exc, "COPY", self.bucket, key) from exc
             except Exception as exc:  # noqa: BLE001 - s3transfer's own errors, translated
-                if cancelled is not None and cancelled():
+                if isinstance(exc, RequestInterrupted) or (cancelled is not None and cancelled()):
                     raise JobAbortedError("the copy was cancelled") from exc
                 raise _translate(exc, "COPY", self.bucket, key) from exc
         finally:
@@ -391,6 +403,7 @@ class S3ObjectStore(ObjectStore):
             "COMPLETE UPLOAD",
             key,
             self.client.complete_multipart_upload,
+            allowance=COMPLETE_SECONDS_PER_PART * len(parts),
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},

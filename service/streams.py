@@ -11,6 +11,7 @@ can look like a clean end of input to the program reading it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -37,6 +38,7 @@ class ObjectReader:
         self.error: BaseException | None = None
         self._digest = hashlib.sha256()
         self._progress = getattr(store, "progress", None)  # the run's tracker (service.progress)
+        self._moved = None  # counts into the download's activity while the fetch runs
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fetch {key}", daemon=True)
@@ -50,6 +52,12 @@ class ObjectReader:
         return self._digest.hexdigest()
 
     def _run(self) -> None:
+        what = f"download of s3://{self.store.bucket}/{self.key} from {getattr(self.store, 'endpoint', '')}"
+        with (self._progress.activity(what) if self._progress is not None else contextlib.nullcontext()) as activity:
+            self._moved = activity.moved if activity is not None else None
+            self._fetch()
+
+    def _fetch(self) -> None:
         try:
             for attempt in range(1, READ_ATTEMPTS + 1):
                 try:
@@ -84,8 +92,8 @@ class ObjectReader:
                         continue
                 self._digest.update(data)
                 self.size += len(data)
-                if self._progress is not None:
-                    self._progress.add(len(data))
+                if self._moved is not None:
+                    self._moved(len(data))
                 self._put(data)
         finally:
             body.close()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -33,13 +34,16 @@ from service.database import (
     import_snapshot,
     list_user_tables,
     server_version,
+    sever,
     translated_errors,
 )
 from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
 from service.pgtools import build_pg_dump_command, build_pg_env, build_table_pattern
 from service.storage import ObjectStore, choose_part_size
+from service.watchdog import watch_sessions
 
 STALE_UPLOAD_AGE = timedelta(hours=6)
+DUMP_APPLICATION = "fac-backup-dump"  # the pg_dumps' sessions, as the stall watchdog finds them
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,17 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
     config, settings = ctx.config, ctx.config.settings
     store = ctx.backups_store()
     log = ctx.log
-    env = build_pg_env(config.fac_db, sslmode=settings.pg_sslmode)
+    env = build_pg_env(config.fac_db, sslmode=settings.pg_sslmode, application_name=DUMP_APPLICATION)
+    ctx.progress.set_doing(f"looking for stale uploads in s3://{store.bucket}")
     sweep_stale_uploads(store, log)
     started = time.monotonic()
-    with connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
-                 lock_timeout_seconds=settings.dump_lock_wait_seconds) as control:
+    ctx.progress.set_doing(f"exporting a snapshot of {config.fac_db.name}")
+    control = connect(config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+                      lock_timeout_seconds=settings.dump_lock_wait_seconds)
+    # A cancel lets go of the exported snapshot at once, before anything tidies up in S3 (the
+    # cleanups run latest first); an idle-in-transaction session holds back vacuum everywhere.
+    token = ctx.scope.add_cleanup(lambda: sever(control))
+    with control, _releasing(ctx, token):
         server_major, server_text = server_version(control)
         dumper = clients.choose_dump_client(clients.installed_clients(settings), server_major, server_text,
                                             config.fac_db.name)
@@ -105,8 +115,11 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel,
                  server_version=server_text, pg_dump=dump_version, compression=compression_spec)
         ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
-        entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump, disk)
-        control.execute("COMMIT")
+        ctx.progress.set_doing(f"dumping {len(tables)} tables of {config.fac_db.name} into s3://{store.bucket}")
+        entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump, disk,
+                                                            release=lambda: sever(control))
+        with translated_errors("ending the backup snapshot"):
+            control.execute("COMMIT")
     checked = integrity.check_backup(ctx, store, entries)  # never raises
     manifest = catalog.Manifest(
         id=backup_id,
@@ -148,16 +161,31 @@ def _disk_record(disk: dict) -> dict:
     return {"restored_bytes": restored, "tables": [[s, t, n] for (s, t), n in tables], **disk}
 
 
-def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str, disk: dict):
+@contextlib.contextmanager
+def _releasing(ctx, token: int):
+    """Unregister the scope's cleanup `token` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        ctx.scope.remove_cleanup(token)
+
+
+def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str, disk: dict, *,
+              release=lambda: None):
     """Dump the schema and every table in parallel; on the first failure stop the rest.
-    Each table's on-disk size goes into disk["tables"]."""
+    Each table's on-disk size goes into disk["tables"].
+
+    `release` lets go of the snapshot's control session: on a failure it runs before
+    the partial objects are deleted (a slow S3 must not keep the snapshot open).
+    """
     disk["tables"] = {}
     settings = ctx.config.settings
     scope = CancelScope()
     token = ctx.scope.add_cleanup(lambda: scope.cancel(ctx.scope.reason or "cancelled"))
     written: list[str] = []
     try:
-        with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="dump") as pool:
+        with watch_sessions(ctx.progress, ctx.config.fac_db, settings.pg_sslmode, DUMP_APPLICATION), \
+                ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="dump") as pool:
             futures = {pool.submit(_dump_schema, ctx, plan, store, env, pg_dump, scope, written): None,
                        pool.submit(_write_privileges, ctx, plan, store, written): None}
             for table in sorted(plan.tables, key=lambda t: -t.total_bytes):
@@ -175,6 +203,7 @@ def _dump_all(ctx, plan: BackupPlan, store: ObjectStore, env: dict, pg_dump: str
             raise _first_cause(errors, plan)
         results = [f.result() for f in futures]
     except BaseException:
+        release()
         _remove_partial(ctx, store, plan, written)
         raise
     finally:

@@ -35,6 +35,7 @@ from service.pgtools import INHERITED_ENV, build_pg_env, build_psql_command
 from service.storage import ObjectStore
 from service.tasks import restore
 from service.verify import verify_backup
+from service.watchdog import watch_sessions
 
 APPLICATION_NAME = "fac-backup-drill"
 
@@ -77,9 +78,11 @@ def rehearse_restore(ctx, store: ObjectStore, found: FoundBackup) -> int:
     env = build_pg_env(scratch, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     programs = restore.choose_programs(ctx, found, scratch)
     psql = build_psql_command(programs.target.program("psql"), single_transaction=False)
-    with Session(psql, env, scope=ctx.scope, target=scratch.name) as session:
+    with Session(psql, env, scope=ctx.scope, target=scratch.name) as session, \
+            watch_sessions(ctx.progress, scratch, settings.pg_sslmode, APPLICATION_NAME):
         tables = restore.load_backup(ctx, session, store, found, scratch, env, programs=programs)
         ctx.scope.check()
+        ctx.progress.set_doing(f"rolling back the drill's restore in {scratch.name}")
         roll_back(session)
     return tables
 
@@ -112,6 +115,7 @@ def verify_backup_step(ctx) -> dict:
     ctx.progress.expect(bytes=progress.expected_read_bytes(found, verify=True, load=rehearse),
                         items=tables if rehearse else None)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}  # `--list` needs no server
+    ctx.progress.set_doing(f"verifying backup {found.id}")
     figures = verify_backup(store, found, parallel=settings.parallel,
                             pg_restore=clients.archive_reader(settings, found.manifest), env=env, scope=ctx.scope)
     ctx.log.info("drill.verified", backup_id=found.id, objects=figures["objects"], bytes=figures["bytes"])

@@ -44,6 +44,7 @@ from service.pgtools import build_pg_restore_command
 from service.refresh_record import FAILED, REFRESHING, RefreshRecord, write_refresh_record
 
 FAILURE_WRITE_SECONDS = 10  # writing the failed record must not hold up a cancelled job's exit
+FAILURE_CONNECT_SECONDS = 3  # ...nor opening a connection for it, after a cancel cut the copy's own
 
 # `pg_restore --list` lines: "3316; 2606 16414 CONSTRAINT public t t_pkey owner" (dump id, the
 # catalog and the object's OID at the source, then its type): the OIDs say whose entry it is.
@@ -145,7 +146,8 @@ class Replacement:
 def record_failure(ctx, conn: psycopg.Connection, target, record: RefreshRecord, exc: BaseException) -> str:
     """After an in-place refresh failed: write `failed` with the error, on `conn` or a new connection;
     return the state the record is left in (`refreshing` when even that failed)."""
-    failed = record.with_state(FAILED, _reason(exc))
+    # A stall's or a signal's own words say why better than the error the cut connection raised.
+    failed = record.with_state(FAILED, _reason(ctx.scope.failure or exc if ctx.scope.cancelled else exc))
     written = False
     with contextlib.suppress(psycopg.Error):
         if not conn.closed and not conn.broken:
@@ -154,9 +156,13 @@ def record_failure(ctx, conn: psycopg.Connection, target, record: RefreshRecord,
             write_refresh_record(conn, failed)
             conn.commit()
             written = True
-    if not written and not ctx.scope.cancelled:
+    if not written:
+        # A cancel cut `conn` (a stall elsewhere, SIGTERM): the target itself usually answers, and a
+        # few seconds' bound keeps a silent one from holding up the exit (`interrupted` then tells).
         with contextlib.suppress(psycopg.Error, ServiceError), \
-                connect(target, sslmode=ctx.config.settings.pg_sslmode, autocommit=True) as fresh:
+                connect(target, sslmode=ctx.config.settings.pg_sslmode, autocommit=True,
+                        connect_timeout=FAILURE_CONNECT_SECONDS,
+                        statement_timeout_seconds=FAILURE_CONNECT_SECONDS) as fresh:
             write_refresh_record(fresh, failed)
             written = True
     state = FAILED if written else REFRESHING

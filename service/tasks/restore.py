@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from service import clients, kinds, layout, privileges, progress, space
-from service.database import connect, list_user_tables, translated_errors
+from service.database import connect, describe_endpoint, list_user_tables, translated_errors
 from service.errors import IntegrityError, JobAbortedError, RestoreError, ServiceError
 from service.finder import FoundBackup, find_backup, resolution
 from service.loader import (
@@ -43,6 +43,7 @@ from service.streams import ObjectReader
 from service.tasks import legacy_restore
 from service.tasks.backup import backup_database
 from service.verify import check_listing, read_toc, verify_backup
+from service.watchdog import watch_sessions
 
 APPLICATION_NAME = "fac-backup-restore"  # how an operator (or a test) finds the restore's session
 
@@ -116,6 +117,7 @@ def restore_from_s3(ctx) -> dict:
                         items=len(found.manifest.tables if found.manifest else found.legacy_tables), unit="tables")
     # Before anything, the pre-restore backup included: does fac-db's disk hold both copies?
     room = space.check_restore_room(ctx, f"backup {found.id}", space.restored_size(found))
+    ctx.progress.set_doing(f"verifying backup {found.id}")
     if found.legacy:
         ctx.log.warning("restore.legacy_unverifiable", backup_id=found.id, tables=len(found.legacy_tables),
                         reason="a legacy backup has no manifest: no checksums and no row counts can be verified")
@@ -130,10 +132,12 @@ def restore_from_s3(ctx) -> dict:
     ctx.scope.check()
     env = build_pg_env(target, sslmode=settings.pg_sslmode, application_name=APPLICATION_NAME)
     loaded: dict = {}
-    with open_target_session(ctx, programs) as session:
+    with open_target_session(ctx, programs) as session, \
+            watch_sessions(ctx.progress, target, settings.pg_sslmode, APPLICATION_NAME):
         tables = load_backup(ctx, session, store, found, target, env, legacy_plan=legacy_plan, figures=loaded,
                              programs=programs)
         ctx.scope.check()
+        ctx.progress.set_doing(f"committing the restore into {target.name}")
         session.commit()
     ctx.restored = found
     figures = {"backup_id": found.id, "tables": tables, "legacy": found.legacy, **loaded, **room,
@@ -158,6 +162,16 @@ def load_backup(ctx, session: Session, store, found: FoundBackup, target, env: d
     (service.tasks.legacy_restore; `legacy_plan` when the caller already checked it).
     """
     programs = programs or choose_programs(ctx, found, target)
+    with ctx.progress.activity(f"psql session into {describe_endpoint(target)}") as activity:
+        session.activity = activity
+        try:
+            return _load_into(ctx, session, store, found, target, env, legacy_plan, figures, programs)
+        finally:
+            session.activity = None
+
+
+def _load_into(ctx, session: Session, store, found: FoundBackup, target, env: dict, legacy_plan,
+               figures: dict | None, programs: clients.CopyClients) -> int:
     pg_restore = programs.source.program("pg_restore")
     if found.legacy:
         plan = legacy_plan or legacy_restore.plan_restore(ctx, store, found, target)
@@ -242,6 +256,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
             readers[0].start()
         for i, table in enumerate(tables):
             ctx.scope.check()
+            ctx.progress.set_doing(f"loading table {table.schema}.{table.table} into {session.target}")
             if i + 1 < len(readers):
                 readers[i + 1].start()
             _load_object(ctx, session, readers[i], _restore_argv(pg_restore, "--data-only"), env,
@@ -251,6 +266,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
         # Fresh tables have no statistics: the foreign-key checks of post-data would plan blind.
         session.execute("".join(f"ANALYZE {quote_ident(t.schema)}.{quote_ident(t.table)};\n" for t in tables))
         ctx.log.info("restore.building_indexes_and_constraints")
+        ctx.progress.set_doing(f"building indexes and constraints in {session.target}")
         _load_object(ctx, session, ObjectReader(store, schema["key"]).start(),
                      _restore_argv(pg_restore, sections=("post-data",)), env, schema_expect,
                      "schema.dump (post-data)")
@@ -264,6 +280,7 @@ def _load_complete(ctx, session: Session, store, found: FoundBackup, pg_restore:
                              _restore_argv(pg_restore, use_list=listing.name), env, schema_expect,
                              "schema.dump (sequence values)")
         ctx.log.info("restore.checking_row_counts")
+        ctx.progress.set_doing(f"checking row counts in {session.target}")
     finally:
         for reader in readers:
             reader.close()

@@ -37,7 +37,14 @@ from psycopg import sql
 
 from service import catalog, clients, copier, privileges, space
 from service.commands import RunningCommand, run_command
-from service.database import connect, export_snapshot, list_user_tables, translated_errors
+from service.database import (
+    connect,
+    describe_endpoint,
+    export_snapshot,
+    list_user_tables,
+    sever,
+    translated_errors,
+)
 from service.errors import CopyError, JobAbortedError, SafetyError, ServiceError
 from service.loader import build_lock_timeout_sql
 from service.log import scrub
@@ -45,6 +52,7 @@ from service.pgtools import build_pg_dump_command, build_pg_env, build_pg_restor
 from service.refresh_record import COMPLETE, REFRESHING, RefreshRecord, write_refresh_record
 from service.tasks.refresh import Replacement, choose_method, record_failure, split_post_data
 from service.vcap import DatabaseBinding
+from service.watchdog import watch_sessions
 
 APPLICATION_NAME = "fac-backup-db_to_db"
 DDL_OPTIONS = ("--schema-only", "--no-publications", "--no-subscriptions")
@@ -100,7 +108,9 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
     env["PGCLIENTENCODING"] = "UTF8"  # text in binary COPY travels in the client encoding
     started = time.monotonic()
     log.info("db_to_db.started", source=source.name, target=target.name, client=programs.source.version)
-    with connect(source, sslmode=settings.pg_sslmode, autocommit=True) as control:
+    with connect(source, sslmode=settings.pg_sslmode, autocommit=True, application_name=APPLICATION_NAME) as control:
+        # A cancel cuts the snapshot's session (and the count running on it) at once.
+        token = ctx.scope.add_cleanup(lambda: sever(control))
         chosen = choose_method(ctx, control, source, target) if record_refresh else None
         replacement = Replacement(ctx, target.name, in_place=chosen is not None and chosen.method == space.IN_PLACE)
         with _stage(ctx, f"reading the source {source.name}"):
@@ -115,12 +125,16 @@ def copy_database_between(ctx, source: DatabaseBinding, target: DatabaseBinding,
                 plan.taken_at, source.name, source.dbname, ctx.run_id, state=REFRESHING,
                 method=replacement.method, started_at=catalog.now_iso(settings.timezone),
                 backup_id=ctx.backup_id or "") if record_refresh else None
-            figures = _replace_target(ctx, target, plan, env, counter, record, replacement)
+            # Both ends' sessions at work (an index build, a count) are the copy moving.
+            with watch_sessions(ctx.progress, source, settings.pg_sslmode, APPLICATION_NAME), \
+                    watch_sessions(ctx.progress, target, settings.pg_sslmode, APPLICATION_NAME):
+                figures = _replace_target(ctx, source, target, plan, env, counter, record, replacement)
             figures.update(chosen.figures() if chosen else {"method": replacement.method})
             if record is not None:
                 figures["data_as_of"] = record.data_as_of.isoformat()
         finally:
             counter.stop()
+            ctx.scope.remove_cleanup(token)
         with translated_errors("ending the source snapshot"):
             control.execute("COMMIT")
     figures["seconds"] = round(time.monotonic() - started, 3)
@@ -199,19 +213,24 @@ class _Counter:
         """Stop early (after a failure) and wait, so the control connection is free again."""
         if self._thread.is_alive():
             self._stopped.set()
-            self.control.cancel_safe()
+            self.control.cancel_safe(timeout=5)
+            self._thread.join(5)
+            if self._thread.is_alive():
+                sever(self.control)  # the cancel got no answer: the source is silent
             self._thread.join()
 
 
-def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, counter: _Counter,
-                    record: RefreshRecord | None, run: Replacement) -> dict:
+def _replace_target(ctx, source: DatabaseBinding, target: DatabaseBinding, plan: SourcePlan, env: dict,
+                    counter: _Counter, record: RefreshRecord | None, run: Replacement) -> dict:
     """The target's side: one transaction that commits only when everything checked out, or
     (in place) one per step, the `complete` record in the last (service.tasks.refresh)."""
     settings = ctx.config.settings
     psql = plan.psql
-    conn = connect(target, sslmode=settings.pg_sslmode, autocommit=False)
-    # A cancel interrupts whatever the target is doing; the rollback below undoes it.
-    token = ctx.scope.add_cleanup(conn.cancel_safe)
+    conn = connect(target, sslmode=settings.pg_sslmode, autocommit=False, application_name=APPLICATION_NAME)
+    # A cancel cuts the connection, whatever the target (or the network) is doing: the server
+    # rolls the transaction back when it sees the connection end (within seconds even mid-statement,
+    # pgtools.SESSION_LIMITS), and no second connection is needed to ask it.
+    token = ctx.scope.add_cleanup(lambda: sever(conn))
     loaded: dict[tuple[str, str], int] = {}
     total_bytes = 0
     try:
@@ -234,7 +253,7 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
         with _stage(ctx, f"creating the definitions in {target.name}", run):
             conn.execute(plan.pre_data)
             run.step_done(conn)
-        for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, target, run):
+        for table, rows, nbytes in _load_tables(ctx, conn, psql, env, plan, source, target, run):
             loaded[(table.schema, table.name)] = rows
             total_bytes += nbytes
             ctx.log.info("db_to_db.table_copied", table=table.qualified, rows=rows, bytes=nbytes)
@@ -277,7 +296,8 @@ def _replace_target(ctx, target: DatabaseBinding, plan: SourcePlan, env: dict, c
             "sequences": len(plan.sequences), "schemas_replaced": len(dropped), **replay.figures()}
 
 
-def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: DatabaseBinding, run: Replacement):
+def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, source: DatabaseBinding,
+                 target: DatabaseBinding, run: Replacement):
     """Yield (table, rows loaded, bytes) for each table, one COPY at a time on the target.
 
     The next few producers are started ahead, so their start-up (a process, a
@@ -301,11 +321,14 @@ def _load_tables(ctx, conn, psql: str, env: dict, plan: SourcePlan, target: Data
             ctx.scope.check()
             table, producer = waiting.popleft()
             start_next()
-            with _stage(ctx, f"loading {table.qualified} into {target.name}", run), conn.cursor() as cur:
+            what = (f"copy of table {table.qualified} from {describe_endpoint(source)} "
+                    f"into {describe_endpoint(target)}")
+            with _stage(ctx, f"loading {table.qualified} into {target.name}", run), conn.cursor() as cur, \
+                    ctx.progress.activity(what) as activity:
                 if run.in_place:  # ONLY: an inheritance child loaded before must keep its rows
                     cur.execute(sql.SQL("TRUNCATE ONLY {}").format(sql.Identifier(table.schema, table.name)))
                 with cur.copy(table.copy_statement("FROM STDIN")) as copy:
-                    nbytes = copier.pump(ctx.progress.counting(producer.stdout), copy, table.qualified,
+                    nbytes = copier.pump(ctx.progress.counting(producer.stdout, activity), copy, table.qualified,
                                          producer_check=producer.check)
                 rows = cur.rowcount
                 if run.in_place and table.total_bytes >= ANALYZE_FROM_BYTES:
@@ -346,6 +369,7 @@ def _verify_counts(source: dict, loaded: dict, run: Replacement) -> None:
 @contextlib.contextmanager
 def _stage(ctx, what: str, run: Replacement | None = None):
     """Name the stage in any failure and say what the target was left as."""
+    ctx.progress.set_doing(what)
     left = (lambda: run.left_behind()) if run is not None else (lambda: "the target was left as it was")
     hint = run.hint if run is not None else (lambda usual: usual)
     try:

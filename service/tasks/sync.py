@@ -34,9 +34,10 @@ object is recorded and the others go on; the step then fails naming the keys.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class SyncReport:
     progress: object = field(default=None, repr=False)  # the run's tracker (service.progress)
 
     def add(self, outcome: str, size: int, key: str = "", error: str = "", replaced: ObjectInfo | None = None) -> None:
-        if self.progress is not None:
+        if self.progress is not None and outcome in (COPY, SKIP):  # a failure is not progress
             self.progress.item_done()
             if outcome == COPY and self.mode == "server-side":  # streamed copies count their own upload
                 self.progress.add(size)
@@ -196,6 +197,7 @@ def sync_bucket(
     plan: MomentPlan | None = None,
     clock: Callable[[], datetime] | None = None,
     progress=None,
+    on_stop: Callable[[SyncReport], None] | None = None,
 ) -> SyncReport:
     """Copy every media object of `source` missing in or different from `dest`.
 
@@ -206,7 +208,8 @@ def sync_bucket(
     An object that fails is recorded in the report's `failures` and the others
     go on (the step turns failures into a SyncError). Raises StorageError when a
     listing fails, and JobAbortedError when `scope` is cancelled (checked
-    between objects; copies in flight abort their multipart uploads).
+    between objects; copies in flight abort their multipart uploads), after
+    handing what was done so far to `on_stop`.
     """
     scope = scope or CancelScope()
     server = source.copier_for(dest)
@@ -248,7 +251,7 @@ def sync_bucket(
             report.add(COPY, src.size)
         except ServiceError as exc:
             if not scope.cancelled:
-                report.add("failed", src.size, target, exc.message, replaced=dst)
+                report.add("failed", src.size, target, _cause(exc), replaced=dst)
                 if log is not None:
                     log.error("media_sync.object_failed", key=target, error=exc.message, detail=exc.detail)
         except Exception as exc:  # noqa: BLE001 - one object's fault must not stop the rest
@@ -288,6 +291,8 @@ def sync_bucket(
     finally:
         stop.set()
         report.seconds = round(time.monotonic() - started, 3)
+    if scope.cancelled and on_stop is not None:
+        on_stop(report)
     scope.check()
     if log is not None:
         log.info("media_sync.finished", **report.figures())
@@ -302,7 +307,7 @@ def _run(ctx, source: ObjectStore, dest: ObjectStore, *, keep_versions: bool = F
     ctx.progress.expect(unit="objects")  # the total is unknown: both listings are read as the copy goes
     report = sync_bucket(source, dest, concurrency=settings.sync_concurrency, part_size=settings.min_part_size,
                          scope=ctx.scope, log=ctx.log, keep_versions=keep_versions, plan=plan,
-                         progress=ctx.progress)
+                         progress=ctx.progress, on_stop=lambda done: setattr(ctx, "figures_on_failure", done.figures()))
     figures = report.figures()
     if backup_id is not None:
         # Written even when objects failed: they keep their older content, which is
@@ -317,13 +322,30 @@ def _run(ctx, source: ObjectStore, dest: ObjectStore, *, keep_versions: bool = F
         named = "\n".join(f"{k}: {report.failures[k]}" for k in keys[:MAX_NAMED_FAILURES])
         more = len(keys) - MAX_NAMED_FAILURES
         raise SyncError(
-            f"{len(keys)} object(s) could not be copied from s3://{source.bucket} to s3://{dest.bucket}: "
-            + ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else ""),
+            f"{len(keys)} object(s) could not be copied from s3://{source.bucket} to s3://{dest.bucket}"
+            f" ({_commonest_cause(report.failures)}): " + ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else ""),
             detail=named + (f"\n... and {more} more (see media_sync.object_failed events)" if more > 0 else ""),
             hint=f"the other {report.copied + report.skipped} object(s) are in place; "
             "run media_sync again to retry the failed ones",
         )
     return figures
+
+
+_URL_PATH = re.compile(r'(https?://[^/"\s]+)[^"\s]*')
+
+
+def _cause(exc: ServiceError) -> str:
+    """One object's failure and its cause, the endpoint named without the object's path
+    ('S3 COPY of s3://b/k failed: ReadTimeoutError: Read timeout on endpoint URL: "https://host"')."""
+    reason = _URL_PATH.sub(r"\1", exc.detail.strip().splitlines()[0]) if exc.detail.strip() else ""
+    return f"{exc.message}: {reason}" if reason else exc.message
+
+
+def _commonest_cause(failures: dict[str, str]) -> str:
+    """What most failed objects failed of, without the object's own name ('N of them: <cause>')."""
+    causes = Counter(error.split(": ", 1)[1] if ": " in error else error for error in failures.values())
+    cause, count = causes.most_common(1)[0]
+    return f"{count} of them: {cause}" if count < len(failures) else cause
 
 
 def sync_media(ctx) -> dict:

@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from service import notify
-from tests.integration.test_daemon import start_daemon  # noqa: F401 - the fixture
+from tests.integration.test_daemon import start_daemon, wait_for  # noqa: F401 - the fixture
 from tests.integration.test_prune import put_backup
 
 pytestmark = pytest.mark.integration
@@ -44,9 +44,12 @@ def test_prune_dry_run_lists_the_kept_backups_the_bucket_will_expire(expiring_bu
 
 
 def test_the_daemon_warns_once_at_start_and_exports_the_expiry(expiring_bucket, start_daemon):  # noqa: F811
-    """At start: one warning naming the rule, the backup at risk and the media; the gauges and alert inputs."""
+    """Once started (the rules are read right after /healthz says 200, in the background): one warning
+    naming the rule, the backup at risk and the media; the gauges and alert inputs."""
     daemon = start_daemon()
     daemon.wait_healthy()
+    wait_for(lambda: daemon.value("fac_backup_start_pending", task="bucket_rules") == 0, 30,
+             "the start's read of the lifecycle rules")
     warnings = [e for e in daemon.events() if e["event"] == "bucket.expiry_shorter_than_retention"]
     assert len(warnings) == 1, daemon.log_text()
     assert "cloud-gov-expiry" in warnings[0]["rule"]

@@ -32,13 +32,17 @@ class EventLog:
 
 
 class Gauges:
-    """The two Metrics calls the reporter makes, remembered."""
+    """The Metrics calls the reporter makes, remembered (the idle gauge's apart)."""
 
     def __init__(self) -> None:
         self.values: list[tuple[str, int, int]] = []
+        self.idle: list[tuple[str, float]] = []
 
     def job_progress(self, job: str, done: int, expected: int) -> None:
         self.values.append((job, done, expected))
+
+    def job_idle(self, job: str, seconds: float) -> None:
+        self.idle.append((job, seconds))
 
 
 def slow_copy(progress: Progress, chunks: int, every: float, size: int = 1000) -> None:
