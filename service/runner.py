@@ -105,21 +105,29 @@ class Runner:
             result = jobs.run_job(self.config, active.job, args, options=options, scope=active.scope,
                                   metrics=self.metrics, trigger=active.trigger,
                                   run_id=active.run_id, progress=active.progress, **self._kwargs)
-            if result.outcome == "skipped" and isinstance(result.error, LockBusyError):
-                self.metrics.run_skipped(active.job, "lock_busy", counted=True)
-            self.metrics.observe_steps(result.steps)
-            if self._after_run is not None and result.outcome == "success":
-                self._after_run()
-            with self._lock:
+        except BaseException:
+            self._finish(active, None)
+            raise
+        # The run has ended (its outcome is counted): it leaves the running list before the
+        # housekeeping below, which may wait on S3, so a trigger now is not refused as running.
+        self._finish(active, result)
+        if result.outcome == "skipped" and isinstance(result.error, LockBusyError):
+            self.metrics.run_skipped(active.job, "lock_busy", counted=True)
+        self.metrics.observe_steps(result.steps)
+        if self._after_run is not None and result.outcome == "success":
+            self._after_run()
+        return result
+
+    def _finish(self, active: ActiveRun, result: jobs.JobResult | None) -> None:
+        """Record how the run ended and take it off the running list, in one step."""
+        with self._lock:
+            if result is not None:
                 self._last[active.job] = {
                     "run_id": result.run_id, "outcome": result.outcome, "trigger": active.trigger,
                     "finished_at": time.time(), "seconds": result.seconds,
                     "error": result.error.message if result.error else None,
                 }
-            return result
-        finally:
-            with self._lock:
-                self._active.pop(active.run_id, None)
+            self._active.pop(active.run_id, None)
 
     def record_skip(self, job: str, reason: str) -> None:
         """A scheduler fire that never became a run (still running, missed): logged, counted and

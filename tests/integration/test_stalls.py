@@ -371,6 +371,14 @@ def runs(daemon, job: str, outcome: str) -> float | None:
     return daemon.value("fac_backup_job_runs_total", job=job, outcome=outcome)
 
 
+def trigger_when_idle(daemon, job: str) -> dict:
+    """Trigger `job` once the daemon has let go of its previous run: the run's outcome is counted a
+    moment before the run leaves the daemon's list of running jobs, and until then a trigger is
+    refused as already running."""
+    return wait_for(lambda: (lambda reply: reply if reply.get("ok") else None)(
+        daemon.ctl("trigger", job=job, args=[], options={})), 30, f"{job} to be accepted")
+
+
 def test_the_daemon_starts_healthy_on_a_silent_s3_and_stays_so_through_stalls(sample_db, s3_proxy):
     """Started while S3 accepts connections and never answers, the daemon answers /healthz 200 within
     seconds and says (log, metric) that the bucket's first reading is pending; once S3 answers, the
