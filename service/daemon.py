@@ -39,7 +39,7 @@ from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundEr
 from service.httpserver import MetricsServer
 from service.log import get_logger
 from service.metrics import Metrics, parse_timestamp
-from service.runner import Runner
+from service.daemon_runs import Runner
 from service.scheduler import JobScheduler, follow_up, needs_catch_up, parse_schedules
 from service.space_watch import SpaceWatcher
 from service.storage import S3ObjectStore

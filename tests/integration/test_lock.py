@@ -16,7 +16,7 @@ from service.commands import CancelScope
 from service.errors import LockBusyError
 from service.locking import LOCK_KEY, hold_service_lock
 from service.metrics import Metrics
-from service.runner import Runner
+from service.daemon_runs import Runner
 
 pytestmark = pytest.mark.integration
 

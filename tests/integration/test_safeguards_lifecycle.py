@@ -209,7 +209,7 @@ def test_a_scheduled_daily_backup_is_followed_by_prune_only_when_it_succeeds(sam
 
     from service.daemon import run_scheduled
     from service.metrics import Metrics
-    from service.runner import Runner
+    from service.daemon_runs import Runner
 
     if daily == "fails":
         bin_dir = make_pg_bin(tmp_path / "bin", pg_dump=dies_halfway("public", "lookup_00", 10))

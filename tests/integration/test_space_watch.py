@@ -39,7 +39,9 @@ def test_the_daemon_exports_the_disks_and_a_failed_refresh(sample_db, tmp_path, 
     assert value("fac_backup_database_storage_bytes", binding="fac-snapshot-db") == 100 * GIB
     with sample_db.connect() as conn:
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    assert value("fac_backup_database_size_bytes", binding="fac-db") == size
+    # The database's own size, not the dump's or the storage: autovacuum may add a free-space or visibility
+    # map page or two between the daemon's look and ours, so the two agree within 1 %.
+    assert abs(value("fac_backup_database_size_bytes", binding="fac-db") - size) <= size // 100
     restore = value("fac_backup_space_required_bytes", operation="restore", binding="fac-db")
     refresh = value("fac_backup_space_required_bytes", operation="snapshot_refresh", binding="fac-snapshot-db")
     assert restore > int(0.001 * GIB) and size < refresh < 100 * GIB  # the restore would not fit; the refresh would

@@ -16,7 +16,7 @@ from service import catalog, jobs, journal, layout
 from service.config import load_config
 from service.errors import CheckError, StorageError
 from service.metrics import Metrics
-from service.runner import Runner
+from service.daemon_runs import Runner
 from service.storage import MemoryObjectStore
 from tests.unit.test_config import vcap
 
