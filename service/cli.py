@@ -13,6 +13,7 @@ import argparse
 import json
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from service import catalog, jobs
@@ -21,35 +22,126 @@ from service.config import load_config
 from service.errors import ServiceError
 from service.log import configure_logging, register_secrets, scrub
 
+PROGRAM = "python -m service"
+
+ABOUT = """\
+fac-backup keeps the Federal Audit Clearinghouse's database (fac-db) and its media bucket backed up
+in the backups bucket on cloud.gov, refreshes the snapshot database (fac-snapshot-db), and restores
+either when something goes wrong. On cloud.gov it runs as one app: `daemon` fires the schedules and
+serves /metrics and /healthz; `run` does one job now (as `cf run-task` does); `ctl` talks to the
+running daemon from `cf ssh`."""
+
+EXAMPLES = """\
+examples:
+  python -m service list                                   the backups, newest first
+  python -m service show scheduled-12-01-09                one backup: tables, rows, bytes, times
+  python -m service verify scheduled-12-01-09              check it without restoring it
+  python -m service run on_demand_backup                   back up now: dumps, snapshot, media
+  python -m service run s3_restore scheduled-12-01-09 --confirm production/fac-db
+  python -m service ctl status                             what the running daemon is doing
+  python -m service report --since 2026-11-01 --upload     the contingency report for auditors
+
+exit codes:
+  0 success; 1 the job failed; 2 bad configuration or usage (nothing started); 3 refused: a
+  protected target not confirmed, an unsafe request, or an id that could mean several backups
+  (nothing touched); 4 the service lock stayed busy; 5 aborted by SIGTERM/SIGINT (partial work
+  undone); 6 `ctl`: no daemon took the request; 70 internal error (a bug: the log has the trace).
+
+`python -m service COMMAND --help` explains each command. The README and docs/ have the rest."""
+
+
+RUN_EXAMPLES = """\
+examples:
+  python -m service run on_demand_backup
+  python -m service run s3_restore scheduled-12-01-09 --confirm production/fac-db
+  python -m service run prune_backups            (a dry run: says what it would delete)
+  python -m service run prune_backups --apply
+  cf run-task fac-backup --name on_demand_backup -m 1G -k 2G --command "python -m service run on_demand_backup\""""
+
+
+def job_table(width: int = 100) -> str:
+    """Every job of the registry: name and arguments, what it is for, and its steps when it has several."""
+    lines = []
+    for spec in sorted(jobs.JOBS.values(), key=lambda s: s.name):
+        usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
+        text = spec.description + ("" if spec.steps == (spec.name,) else f" (steps: {' -> '.join(spec.steps)})")
+        body = textwrap.wrap(text, width - 34, break_on_hyphens=False)
+        if len(usage) > 30:
+            lines.append(f"  {usage}")
+        else:
+            lines.append(f"  {usage:<30}  {body.pop(0)}")
+        lines.extend(f"  {'':<30}  {more}" for more in body)
+    return "\n".join(lines)
+
+
+def _command(sub, name: str, summary: str, description: str, examples: str):
+    """A subcommand whose help says what it does for an operator, then how to type it."""
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 100, break_on_hyphens=False),
+                          epilog="examples:\n" + examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fac-backup", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=ABOUT, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run one job to completion (as `cf run-task` does)")
-    run.add_argument("job", help="a job name; `fac-backup jobs` lists them")
-    run.add_argument("args", nargs="*", help="the job's arguments (e.g. a BACKUP_ID)")
+    run = sub.add_parser(
+        "run", help="run one job now, to the end, and exit with its outcome (as `cf run-task` does)",
+        description=textwrap.fill(
+                    "Run one job of the registry in this process and exit with its outcome. Backups take the "
+                    "service lock, so a run waits for the daemon's own run of the same kind. Restores "
+                    "overwrite fac-db or the media bucket: they need --confirm naming the space and the "
+                    "binding, and take a pre-restore backup first.", 100, break_on_hyphens=False),
+        epilog="jobs:\n" + job_table() + "\n\n" + RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("job", metavar="JOB", help="one of the jobs listed below")
+    run.add_argument("args", nargs="*", metavar="ARG", help="the job's arguments, e.g. a BACKUP_ID as `list` prints it")
     run.add_argument("--confirm", metavar="SPACE/BINDING",
                      help="name what a restore overwrites: the cloud.gov space and the binding "
                           "(e.g. production/fac-db); the binding alone where no space is known")
-    run.add_argument("--apply", action="store_true", help="make changes (jobs that dry-run by default)")
-    run.add_argument("--force", action="store_true", help="override a safety limit the job names")
+    run.add_argument("--apply", action="store_true", help="make the changes (prune_backups only says what it "
+                                                          "would do without it)")
+    run.add_argument("--force", action="store_true", help="override the one safety limit the job's error names "
+                                                          "(e.g. db_restore's snapshot age)")
 
-    lister = sub.add_parser("list", help="list the backups in the backups bucket")
+    lister = _command(sub, "list", "list the backups in the backups bucket, newest first",
+                      "List every backup in the backups bucket, this service's and the old tool's, newest first, "
+                      "with its job, start time, state (complete, INCOMPLETE, LEGACY), tables and bytes. Each id "
+                      "is printed exactly as `show`, `verify` and the restores take it.",
+                      "  python -m service list\n  python -m service list --json")
     lister.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("jobs", help="list the jobs of the registry")
+    _command(sub, "jobs", "list the jobs: their arguments, steps and purpose",
+             "List every job of the registry with its arguments, its steps in order and what it is for. "
+             "The same jobs run from the schedule, from `run` and from `ctl trigger`.",
+             "  python -m service jobs")
 
-    show = sub.add_parser("show", help="show a backup's manifest: tables, rows, bytes, times, versions; "
-                                       "or, named fac-snapshot-db, whether the snapshot holds a whole copy")
+    show = _command(sub, "show", "show one backup: tables, rows, bytes, times, versions; or the snapshot's state",
+                    "Show what a backup holds, read from its manifest: each table's rows and bytes, when it "
+                    "started and finished, the PostgreSQL versions, its size once restored, its integrity check "
+                    "and the media moment it brings back. Named fac-snapshot-db, it says whether the snapshot "
+                    "holds a whole copy (its refresh record: complete, refreshing or failed) and how old it is.",
+                    "  python -m service show scheduled-12-01-09\n  python -m service show fac-snapshot-db")
     show.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it (e.g. daily-06-04), or the "
                       "snapshot binding's name (fac-snapshot-db) for its refresh state")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 
-    verify = sub.add_parser("verify", help="check a backup without restoring: sizes, sha256, pg_restore --list")
+    verify = _command(sub, "verify", "check a backup without restoring it: sizes, sha256, pg_restore --list",
+                      "Check a backup without restoring anything: every object exists with its recorded size "
+                      "and sha256, and pg_restore can read every archive. The restore drill (job "
+                      "verify_backup) goes further and restores it for real into a scratch database, rolled back.",
+                      "  python -m service verify scheduled-12-01-09")
     verify.add_argument("backup_id", metavar="BACKUP_ID", help="an id as `list` prints it")
 
-    report = sub.add_parser("report", help="the contingency report: backups, drills, restores, the data itself")
+    report = _command(sub, "report", "write the contingency report: backups, gaps, drills, restores, the data itself",
+                      "Write the contingency report for a period as one self-contained HTML file (readable offline, "
+                      "printable to PDF) and print its plain-text summary: the recovery point achieved against "
+                      "the schedule, every missed or failed slot, backups and database growth, restore drills, "
+                      "restores performed, media, and backups whose row counts shrank. It reads the run journal "
+                      "in the backups bucket.",
+                      "  python -m service report --since 2026-11-01 --until 2026-11-30 --out november.html\n"
+                      "  python -m service report --upload")
     report.add_argument("--since", metavar="DATE", help="first day (YYYY-MM-DD) or ISO time (default: 30 days "
                                                         "before --until)")
     report.add_argument("--until", metavar="DATE", help="last day, included (YYYY-MM-DD), or ISO time (default: now)")
@@ -57,24 +149,44 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "contingency-report-SINCE-UNTIL.html here)")
     report.add_argument("--upload", action="store_true", help="also store it in the backups bucket beside the journal")
 
-    demo = sub.add_parser("demo", help="run scheduled_backup on a throwaway PostgreSQL and local S3")
+    demo = _command(sub, "demo", "try it locally: scheduled_backup on a throwaway PostgreSQL and a local S3 server",
+                    "Run scheduled_backup end to end on this machine, with no cloud account: a throwaway "
+                    "PostgreSQL cluster loaded with FAC-like data and a local S3 server, then print the "
+                    "backup's manifest. Everything is removed at the end.",
+                    "  python -m service demo\n"
+                    "  python -m service demo --daemon      (the daemon, with a fast schedule)")
     demo.add_argument("--daemon", action="store_true", help="start the daemon on the sandbox instead")
     demo.add_argument("--rows", type=int, default=5000, help="rows of the main sample table")
 
-    sub.add_parser("daemon", help="the always-on service: schedule, metrics on $PORT, control socket")
+    _command(sub, "daemon", "the always-on service: the schedules, /metrics and /healthz on $PORT, the control socket",
+             "Run the always-on service, as cloud.gov's web process does: it fires scheduled_backup and "
+             "daily_backup (and the drills, the prune and the report where configured), serves /healthz and "
+             "/metrics on $PORT, and listens on the control socket for `ctl`. SIGTERM stops the running job "
+             "cleanly, undoing its partial work.",
+             "  python -m service daemon")
 
-    ctl = sub.add_parser("ctl", help="talk to the running daemon over its control socket")
+    ctl = _command(sub, "ctl", "ask the running daemon: status, the schedules, start a job, pause or resume",
+                   "Talk to the running daemon over its local control socket. The socket is inside the app's "
+                   "container, so from a workstation the command goes through `cf ssh` and the app's launcher "
+                   "(last example). A job started this way runs in the daemon, under its lock and its metrics; "
+                   "`ctl` answers at once with the run's id.",
+                   "  python -m service ctl status\n  python -m service ctl trigger on_demand_backup\n"
+                   "  python -m service ctl pause\n"
+                   "  cf ssh fac-backup -c \"/tmp/lifecycle/launcher /home/vcap/app "
+                   "'python -m service ctl status' ''\"")
     ctl.add_argument("--socket", metavar="PATH", help="the socket (default: FAC_BACKUP_CONTROL_SOCKET)")
-    ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
-    ctl_sub.add_parser("status", help="running jobs and the last outcome of each job")
-    ctl_sub.add_parser("jobs", help="next run time of each schedule")
-    trigger = ctl_sub.add_parser("trigger", help="start a job in the daemon now")
-    trigger.add_argument("job")
-    trigger.add_argument("args", nargs="*")
+    ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="REQUEST")
+    ctl_sub.add_parser("status", help="running jobs with their progress, the last outcome of each job, the disks")
+    ctl_sub.add_parser("jobs", help="the next run time of each schedule")
+    trigger = ctl_sub.add_parser("trigger", help="start a job in the daemon now",
+                                 description="Start a job in the daemon now; refused while the same job runs.",
+                                 epilog="jobs:\n" + job_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    trigger.add_argument("job", metavar="JOB", help="one of the jobs listed below")
+    trigger.add_argument("args", nargs="*", metavar="ARG", help="the job's arguments, e.g. a BACKUP_ID")
     trigger.add_argument("--confirm", metavar="SPACE/BINDING",
                          help="as for run: the space and the protected binding (e.g. production/fac-db)")
-    trigger.add_argument("--apply", action="store_true")
-    trigger.add_argument("--force", action="store_true")
+    trigger.add_argument("--apply", action="store_true", help="as for run: make the changes")
+    trigger.add_argument("--force", action="store_true", help="as for run: override the safety limit named")
     ctl_sub.add_parser("pause", help="stop firing the schedules (a running job goes on)")
     ctl_sub.add_parser("resume", help="fire the schedules again")
     return parser
@@ -163,10 +275,7 @@ def cmd_verify(ns) -> int:
 
 
 def cmd_jobs(_ns) -> int:
-    for spec in sorted(jobs.JOBS.values(), key=lambda s: s.name):
-        usage = " ".join([spec.name, *spec.arguments, *(f"[{a}]" for a in spec.optional_arguments)])
-        steps = " -> ".join(spec.steps)
-        print(f"{usage:<28} {steps:<44} {spec.description}")
+    print(job_table())
     return 0
 
 

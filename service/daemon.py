@@ -35,11 +35,11 @@ from prometheus_client import CollectorRegistry
 from service import catalog, clients, integrity, jobs, layout
 from service.bucket_rules import BucketRulesWatcher
 from service.control import ControlServer
+from service.daemon_runs import Runner
 from service.errors import BackupNotFoundError, IntegrityError, ObjectNotFoundError, ServiceError
 from service.httpserver import MetricsServer
 from service.log import get_logger
 from service.metrics import Metrics, parse_timestamp
-from service.daemon_runs import Runner
 from service.scheduler import JobScheduler, follow_up, needs_catch_up, parse_schedules
 from service.space_watch import SpaceWatcher
 from service.storage import S3ObjectStore

@@ -13,10 +13,10 @@ from structlog.testing import capture_logs
 
 from service import catalog, jobs, journal
 from service.commands import CancelScope
+from service.daemon_runs import Runner
 from service.errors import LockBusyError
 from service.locking import LOCK_KEY, hold_service_lock
 from service.metrics import Metrics
-from service.daemon_runs import Runner
 
 pytestmark = pytest.mark.integration
 

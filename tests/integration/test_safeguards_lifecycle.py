@@ -208,8 +208,8 @@ def test_a_scheduled_daily_backup_is_followed_by_prune_only_when_it_succeeds(sam
     from prometheus_client import CollectorRegistry
 
     from service.daemon import run_scheduled
-    from service.metrics import Metrics
     from service.daemon_runs import Runner
+    from service.metrics import Metrics
 
     if daily == "fails":
         bin_dir = make_pg_bin(tmp_path / "bin", pg_dump=dies_halfway("public", "lookup_00", 10))

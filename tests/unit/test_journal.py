@@ -14,9 +14,9 @@ from structlog.testing import capture_logs
 
 from service import catalog, jobs, journal, layout
 from service.config import load_config
+from service.daemon_runs import Runner
 from service.errors import CheckError, StorageError
 from service.metrics import Metrics
-from service.daemon_runs import Runner
 from service.storage import MemoryObjectStore
 from tests.unit.test_config import vcap
 

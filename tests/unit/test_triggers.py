@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from service import jobs
 from service.control import ControlServer, send_request
 from service.daemon import build_control_handler
-from service.metrics import Metrics
 from service.daemon_runs import Runner
+from service.metrics import Metrics
 from service.scheduler import JobScheduler
 from tests.unit.test_requests import config  # noqa: F401 - the fixture
 
