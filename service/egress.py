@@ -185,7 +185,7 @@ def post_json(url: str, payload: dict, *, egress: Egress, deadline: float) -> in
 def _refused_credentials(proxy: Proxy) -> DeliveryError:
     return DeliveryError("proxy HTTP 407", f"the proxy {proxy.url} refused the credentials of {proxy.source} "
                          "(HTTP 407 Proxy Authentication Required)",
-                         f"check the user and password in {proxy.source}'s URI")
+                         f"check the user and password in the URI of {proxy.source}")
 
 
 def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> DeliveryError:
@@ -213,7 +213,8 @@ def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> 
         return DeliveryError("unreachable", f"cannot connect to {target} ({_kind(exc)})",
                              "in a restricted-egress space bind the egress proxy (https-proxy-creds)")
     if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return DeliveryError("timeout", f"{target} did not answer within {timeout:.1f} s")
+        via = f" through the proxy {proxy.url} (the proxy's CONNECT or the webhook behind it)" if proxy else ""
+        return DeliveryError("timeout", f"{target} did not answer within {timeout:.1f} s{via}")
     return DeliveryError("failed", f"the webhook call to {target} failed ({_kind(exc)})")
 
 

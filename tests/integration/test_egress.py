@@ -231,14 +231,19 @@ def test_a_host_named_in_no_proxy_is_reached_directly_even_with_the_binding(worl
     assert world.proxy.lines() == []
 
 
-@pytest.mark.parametrize("fault", ["silent relay", "trickling relay", "trickling webhook"])
+@pytest.mark.parametrize("fault", ["silent relay", "trickling relay", "trickling webhook", "silent proxy"])
 def test_a_stuck_channel_holds_the_job_no_longer_than_the_notification_timeout(world, monkeypatch, fault):
     """A relay that accepts and never speaks, or one (or a webhook) that sends a byte at a time
     forever: the run ends within the 3 s timeout (plus margin), the stuck channel is logged as timed
     out, and the other channel, sent beside it, still arrives."""
-    stuck_channel = "webhook" if fault == "trickling webhook" else "email"
-    with (SilentServer() if fault == "silent relay" else TricklingServer()) as stuck:
-        if stuck_channel == "email":
+    stuck_channel = "webhook" if fault in ("trickling webhook", "silent proxy") else "email"
+    with (SilentServer() if fault.startswith("silent") else TricklingServer()) as stuck:
+        if fault == "silent proxy":  # the egress proxy accepts and never answers the CONNECT
+            proxy = world.proxy_binding()
+            uri = f"http://{world.proxy.username}:{PROXY_PASSWORD}@127.0.0.1:{stuck.port}"
+            proxy["credentials"].update(https_uri=uri, http_uri=uri, https_port=stuck.port)
+            settings, bindings = {}, (proxy, world.smtp_binding())
+        elif stuck_channel == "email":
             settings = {"FAC_BACKUP_SMTP_HOST": "127.0.0.1", "FAC_BACKUP_SMTP_PORT": str(stuck.port)}
             bindings = (world.proxy_binding(),)
         else:
@@ -255,6 +260,9 @@ def test_a_stuck_channel_holds_the_job_no_longer_than_the_notification_timeout(w
     assert list(failures) == [stuck_channel] and failures[stuck_channel]["reason"] == "timeout"
     if stuck_channel == "email":  # the delivery ended itself at its deadline, not only the wait for it
         assert failures["email"]["detail"].startswith("the mail relay 127.0.0.1:"), failures
+    if fault == "silent proxy":  # a timeout that names the proxy it went through
+        assert "did not answer within 3.0 s through the proxy http://127.0.0.1:" in failures["webhook"]["detail"]
+        assert PROXY_PASSWORD not in str(failures)
     sent = [e["channel"] for e in logs if e["event"] == "notify.sent"]
     assert sent == ["email" if stuck_channel == "webhook" else "webhook"]
 
