@@ -199,6 +199,10 @@ def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> 
         return DeliveryError("tls", f"the TLS certificate of {whose} was not accepted ({_kind(exc)})",
                              "the system's CAs and those in CF_SYSTEM_CERT_PATH are trusted")
     if isinstance(exc, urllib3.exceptions.ProxyError):
+        if isinstance(inner, (TimeoutError, urllib3.exceptions.TimeoutError)):  # it took the connection, then no word
+            return DeliveryError("timeout", f"{target} did not answer within {timeout:.1f} s: the proxy {proxy.url} "
+                                 "accepted the connection and then said nothing",
+                                 "check the egress proxy (cf logs of its app); the job itself is unaffected")
         if " 407 " in text:
             return _refused_credentials(proxy)
         if " 403 " in text:
@@ -213,7 +217,7 @@ def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> 
         return DeliveryError("unreachable", f"cannot connect to {target} ({_kind(exc)})",
                              "in a restricted-egress space bind the egress proxy (https-proxy-creds)")
     if isinstance(exc, urllib3.exceptions.TimeoutError):
-        via = f" through the proxy {proxy.url} (the proxy's CONNECT or the webhook behind it)" if proxy else ""
+        via = f" through the proxy {proxy.url}" if proxy else ""
         return DeliveryError("timeout", f"{target} did not answer within {timeout:.1f} s{via}")
     return DeliveryError("failed", f"the webhook call to {target} failed ({_kind(exc)})")
 

@@ -238,9 +238,9 @@ def test_a_stuck_channel_holds_the_job_no_longer_than_the_notification_timeout(w
     out, and the other channel, sent beside it, still arrives."""
     stuck_channel = "webhook" if fault in ("trickling webhook", "silent proxy") else "email"
     with (SilentServer() if fault.startswith("silent") else TricklingServer()) as stuck:
-        if fault == "silent proxy":  # the egress proxy accepts and never answers the CONNECT
+        if fault == "silent proxy":  # the egress proxy (TLS, as production binds it) accepts, then says nothing
             proxy = world.proxy_binding()
-            uri = f"http://{world.proxy.username}:{PROXY_PASSWORD}@127.0.0.1:{stuck.port}"
+            uri = f"https://{world.proxy.username}:{PROXY_PASSWORD}@127.0.0.1:{stuck.port}"
             proxy["credentials"].update(https_uri=uri, http_uri=uri, https_port=stuck.port)
             settings, bindings = {}, (proxy, world.smtp_binding())
         elif stuck_channel == "email":
@@ -261,7 +261,7 @@ def test_a_stuck_channel_holds_the_job_no_longer_than_the_notification_timeout(w
     if stuck_channel == "email":  # the delivery ended itself at its deadline, not only the wait for it
         assert failures["email"]["detail"].startswith("the mail relay 127.0.0.1:"), failures
     if fault == "silent proxy":  # a timeout that names the proxy it went through
-        assert "did not answer within 3.0 s through the proxy http://127.0.0.1:" in failures["webhook"]["detail"]
+        assert "did not answer within 3.0 s: the proxy https://127.0.0.1:" in failures["webhook"]["detail"], failures
         assert PROXY_PASSWORD not in str(failures)
     sent = [e["channel"] for e in logs if e["event"] == "notify.sent"]
     assert sent == ["email" if stuck_channel == "webhook" else "webhook"]
