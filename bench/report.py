@@ -16,7 +16,7 @@ wait4) and the CPU the moto server spent answering it are printed: when the
 server's CPU is most of a run, the run is at moto's floor, not ours.
 
 `--screenshot PNG` also opens the 30-day report in Debian's chromium and saves
-its first screen (the README's docs/report-sample.png).
+its first screen (docs/report-sample.png, shown in docs/evidence.md).
 """
 
 from __future__ import annotations

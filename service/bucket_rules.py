@@ -138,7 +138,7 @@ def expiry_warning(expiry: BucketExpiry, at_risk: list[AtRisk], policy: Retentio
             "media": MEDIA_NOTE if expiry.covers_media else "",
             "hint": "lower FAC_BACKUP_RETENTION_MILESTONE_MIN_DAYS (and the daily/weekly windows) to the "
                     "expiry or less, and copy a backup that must outlive it to storage of your own "
-                    "(README: The bucket's own expiry)"}
+                    "(docs/retention.md: The bucket's own expiry)"}
 
 
 class BucketRulesWatcher:

@@ -9,7 +9,7 @@ clear and the proxy's TLS port drops it), so the webhook goes out through urllib
 HTTP library, already installed), which can, and which reads no environment variable itself:
 every proxy decision is made here, once, from the configuration.
 
-The rules (README "Failure notifications"):
+The rules (docs/notifications.md, "From a restricted-egress space"):
 - with the binding, notifications use its proxy, authenticated as its URI says;
 - without it, the environment's `https_proxy`/`http_proxy` (lowercase first, as curl and urllib
   read them), for notifications only;

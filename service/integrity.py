@@ -19,7 +19,7 @@ the metric (it reads the newest backup only), and `acknowledge_drop BACKUP_ID
 [NOTE]` records `acknowledged.json` beside the flagged backup, which clears it
 at once. Until it is acknowledged, the retention keeps the flagged backup's
 baseline (the newest backup taken before the drop), whatever its age: the
-bucket's own expiry still deletes it (README: The integrity watch).
+bucket's own expiry still deletes it (docs/evidence.md: The integrity watch).
 
 After a restore the next backup compares with the pre-restore backup: rows the
 restore took away are flagged too, and the flag says its baseline was taken

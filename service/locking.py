@@ -24,7 +24,7 @@ from service.database import connect, translated_errors
 from service.errors import LockBusyError
 
 # The fixed key of the service lock: the ASCII bytes of "fac-back" read as a
-# signed 64-bit integer. Documented in the README so an operator can look for it
+# signed 64-bit integer. Documented in docs/operations.md so an operator can look for it
 # in pg_locks (classid = key >> 32, objid = key & 0xffffffff, objsubid = 1).
 LOCK_KEY = int.from_bytes(b"fac-back", "big", signed=True)
 POLL_SECONDS = 1.0

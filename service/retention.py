@@ -3,7 +3,7 @@
 Pure: records and `now` in, one decision per record out; no storage, no clock.
 `service.tasks.prune` turns a bucket listing into records and applies the decisions.
 
-Rules (README "Retention, drills and notifications"):
+Rules (docs/retention.md):
 - A complete backup (it has a manifest) is kept when it is the newest of its kind
   (`layout.id_kind`: scheduled, daily, deploy, ...), one of the newest `keep_last`
   of its kind, younger than `min_days`, or the newest of its calendar day within

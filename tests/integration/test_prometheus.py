@@ -26,7 +26,7 @@ class Prometheus:
         program = require_tool("prometheus")
         self.port = free_port()
         config = tmp / "prometheus.yml"
-        # The scrape configuration the README shows, with intervals short enough for a test.
+        # The scrape configuration docs/metrics.md shows, with intervals short enough for a test.
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],

@@ -1,4 +1,4 @@
-"""Safeguards the README promises, each with a test that fails when the safeguard is removed.
+"""Safeguards the docs promise, each with a test that fails when the safeguard is removed.
 
 Faults are injected deliberately: a session holding a lock the restore needs,
 a producer that sends a well-formed but shorter stream, a cancel at a chosen
