@@ -1,6 +1,6 @@
 """The command line: parse arguments, call one function, map errors to exit codes.
 
-Exit codes (also in the README): 0 success; 1 the job failed; 2 bad
+Exit codes (also in `--help` and docs/operations.md): 0 success; 1 the job failed; 2 bad
 configuration or usage; 3 refused (confirmation missing, unsafe target);
 4 the service lock stayed busy; 5 aborted by a signal; 6 `ctl` reached no
 daemon that would take the request (none listening, or busy), so nothing was
