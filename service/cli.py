@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Run one job of the registry in this process and exit with its outcome. Backups take the "
                     "service lock, so a run waits for the daemon's own run of the same kind. Restores "
                     "overwrite fac-db or the media bucket: they need --confirm naming the space and the "
-                    "binding, and take a pre-restore backup first.", 100, break_on_hyphens=False),
+                    "binding, and a restore of fac-db takes a pre-restore backup first.", 100, break_on_hyphens=False),
         epilog="jobs:\n" + job_table() + "\n\n" + RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("job", metavar="JOB", help="one of the jobs listed below")
