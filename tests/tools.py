@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import shutil
+import subprocess
 
 import pytest
 
@@ -22,6 +23,20 @@ def require_tool(name: str) -> str:
         pytest.fail(f"{name} is not installed, and this test needs it: run `apt-get install {package}` "
                     "(the fresh-machine setup installs it)", pytrace=False)
     return path
+
+
+def require_playwright_driver() -> None:
+    """Playwright's bundled node starts; else fail naming what it lacks (a bare Debian lacks libatomic1)."""
+    from playwright._impl._driver import compute_driver_executable
+
+    node, _cli = compute_driver_executable()
+    try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        pytest.fail(f"Playwright's driver {node} cannot start ({exc}): reinstall .venv", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"Playwright's driver cannot start: {done.stderr.strip()}. On Debian, "
+                    "`apt-get install libatomic1` (scripts/setup-system installs it)", pytrace=False)
 
 
 def faketime_environ(clock_utc: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from service.retention import decide
 from service.tasks.prune import read_records
 from tests.fakes import make_pg_bin
 from tests.integration.test_drill import scratch  # noqa: F401 - the drill's scratch database fixture
-from tests.tools import require_tool
+from tests.tools import require_playwright_driver, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ def open_in_chromium(path):
     from playwright.sync_api import sync_playwright
 
     browser = require_tool("chromium")
+    require_playwright_driver()
     requested: list[str] = []
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(profile, executable_path=browser, headless=True,
