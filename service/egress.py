@@ -199,7 +199,12 @@ def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> 
         return DeliveryError("tls", f"the TLS certificate of {whose} was not accepted ({_kind(exc)})",
                              "the system's CAs and those in CF_SYSTEM_CERT_PATH are trusted")
     if isinstance(exc, urllib3.exceptions.ProxyError):
-        if isinstance(inner, (TimeoutError, urllib3.exceptions.TimeoutError)):  # it took the connection, then no word
+        # urllib3's refused, unresolved and unanswered connects are all ConnectTimeoutErrors: the proxy was not
+        # reached. Any other timeout came after it took the connection.
+        if isinstance(inner, urllib3.exceptions.ConnectTimeoutError):
+            return DeliveryError("proxy unreachable", f"cannot reach the proxy {proxy.url} ({_kind(exc)})",
+                                 "check the network policy to the proxy (cf add-network-policy ... --port 61443)")
+        if isinstance(inner, (TimeoutError, urllib3.exceptions.TimeoutError)):
             return DeliveryError("timeout", f"{target} did not answer within {timeout:.1f} s: the proxy {proxy.url} "
                                  "accepted the connection and then said nothing",
                                  "check the egress proxy (cf logs of its app); the job itself is unaffected")
@@ -213,7 +218,7 @@ def translate(exc: Exception, url: str, proxy: Proxy | None, timeout: float) -> 
             return DeliveryError(f"proxy HTTP {status}", f"the proxy {proxy.url} answered HTTP {status} for {target}")
         return DeliveryError("proxy unreachable", f"cannot reach the proxy {proxy.url} ({_kind(exc)})",
                              "check the network policy to the proxy (cf add-network-policy ... --port 61443)")
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # NameResolutionError is one
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):  # refused, unresolved or unanswered
         return DeliveryError("unreachable", f"cannot connect to {target} ({_kind(exc)})",
                              "in a restricted-egress space bind the egress proxy (https-proxy-creds)")
     if isinstance(exc, urllib3.exceptions.TimeoutError):

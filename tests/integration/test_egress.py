@@ -13,6 +13,7 @@ import contextlib
 import email
 import email.policy
 import json
+import socket
 import time
 from dataclasses import dataclass
 
@@ -192,6 +193,33 @@ def test_the_proxy_refusing_a_webhook_is_named_for_what_it_is(world, monkeypatch
     (warning,) = [e for e in logs if e["event"] == "notify.failed"]
     assert warning["reason"] == reason and says in warning["detail"], warning
     assert PROXY_PASSWORD not in str(logs)
+
+
+@pytest.mark.parametrize("case", ["closed port", "unanswered connect"])
+def test_a_proxy_that_cannot_be_reached_is_named_with_the_network_policy_hint(world, monkeypatch, case):
+    """A proxy port nobody listens on, or one whose SYNs go unanswered (what a missing network policy
+    looks like on cloud.gov): 'proxy unreachable' with the network-policy hint, never 'it said nothing'."""
+    with contextlib.ExitStack() as stack:
+        listener = socket.socket()
+        stack.callback(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if case == "closed port":
+            listener.close()
+        else:  # a backlog of 0 holding one connection: the kernel drops every further SYN
+            listener.listen(0)
+            queued = socket.create_connection(("127.0.0.1", port), timeout=2)
+            stack.callback(queued.close)
+        proxy = world.proxy_binding()
+        uri = f"https://{world.proxy.username}:{PROXY_PASSWORD}@127.0.0.1:{port}"
+        proxy["credentials"].update(https_uri=uri, http_uri=uri, https_port=port)
+        config = config_with(world, proxy, FAC_BACKUP_EMAIL_TO="")
+        with capture_logs() as logs:
+            assert run_failing_check(config, monkeypatch).outcome == "failure"
+    (warning,) = [e for e in logs if e["event"] == "notify.failed"]
+    assert warning["reason"] == "proxy unreachable", warning
+    assert warning["detail"].startswith(f"cannot reach the proxy https://127.0.0.1:{port}")
+    assert "cf add-network-policy" in warning["hint"] and PROXY_PASSWORD not in str(logs)
 
 
 def test_without_the_binding_the_environment_proxy_carries_notifications_only(sandbox, world, monkeypatch):
