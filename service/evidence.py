@@ -26,11 +26,10 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from service import integrity, layout
+from service import integrity, layout, space
 from service.evidence_schedule import SLOTTED_JOBS, Gap, Slot, parse_time, recovery_point, run_time, slot_results
 
 RESTORE_JOBS = ("s3_restore", "db_restore", "media_restore")
-GB = 1_000_000_000
 MIN_PROJECTION_SPAN = timedelta(days=1)  # a slope over less than a day says nothing about months
 
 
@@ -143,13 +142,13 @@ def projections(history, points: list[dict], slope: float | None) -> list[Projec
     for binding, storage in sorted(history.storage_gb.items()):
         if not sized:
             found.append(Projection(binding, storage, note="no backup in the period records the database's size"))
-        elif sized[-1]["database_bytes"] >= storage * GB:
+        elif sized[-1]["database_bytes"] >= space.storage_bytes(storage):
             found.append(Projection(binding, storage, sized[-1]["at"], "already at or above its storage"))
         elif slope is None or slope <= 0:
             found.append(Projection(binding, storage, note="not growing over the period" if slope is not None
                                     else "too few sized backups over at least a day to project"))
         else:
-            days = (storage * GB - sized[-1]["database_bytes"]) / slope
+            days = (space.storage_bytes(storage) - sized[-1]["database_bytes"]) / slope
             found.append(Projection(binding, storage, sized[-1]["at"] + timedelta(days=days)))
     return found
 

@@ -27,8 +27,8 @@ from service.scheduler import OFF
 
 SCHEDULE_SETTINGS = {"scheduled_backup": "scheduled_cron", "daily_backup": "daily_cron",
                      "verify_backup": "verify_cron"}
-# The storage each database has, in GB, when the configuration knows it: settings of these names
-# (FAC_BACKUP_FAC_DB_STORAGE_GB, FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB) are read where they exist.
+# The storage each database has, in GB of 1024^3 bytes as space.py counts them (FAC_BACKUP_FAC_DB_STORAGE_GB,
+# FAC_BACKUP_SNAPSHOT_DB_STORAGE_GB), when the configuration knows it.
 STORAGE_SETTINGS = {"fac-db": "fac_db_storage_gb", "fac-snapshot-db": "snapshot_db_storage_gb"}
 READERS = 16  # objects read at once: a year of manifests and journal records is thousands of GETs
 
@@ -65,7 +65,7 @@ def storage_of(settings) -> dict[str, float]:
     """The storage of each database where the configuration knows it; {} otherwise."""
     found = {}
     for binding, name in STORAGE_SETTINGS.items():
-        value = getattr(settings, name, None)
+        value = getattr(settings, name)
         if value:
             found[binding] = float(value)
     return found

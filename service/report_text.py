@@ -9,12 +9,13 @@ from datetime import datetime
 
 
 def fmt_bytes(n: float | None) -> str:
+    """Bytes in the units the storage settings and `show` count in: a GB is 1024^3 bytes (space.GIB)."""
     if n is None:
         return "-"
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+        if abs(n) < 1024 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
+        n /= 1024
     return f"{n:,.1f} TB"
 
 

@@ -10,6 +10,7 @@ from service.evidence import build_report
 from service.history import History
 from service.report_html import render_html
 from service.report_text import render_text
+from service.space import GIB
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 SCHEDULES = {"scheduled_backup": "0 6-18/2 * * *", "daily_backup": "0 20 * * *", "verify_backup": "0 3 * * 0"}
@@ -159,7 +160,7 @@ def test_drills_show_each_result_and_the_recovery_time_demonstrated():
     """A passed drill, then a failed one of a newer backup: both listed; the last proved backup is the older
     one (a failed drill proves nothing), with its age and the restore time measured at its size."""
     backups = [manifest("daily-05-30", at("2026-05-30", "20:00")), manifest("daily-06-06", at("2026-06-06", "20:00"))]
-    runs = [drill_run(at("2026-05-31", "03:00"), "success", "daily-05-30", restore_seconds=1260.0, bytes=5 * 10**9),
+    runs = [drill_run(at("2026-05-31", "03:00"), "success", "daily-05-30", restore_seconds=1260.0, bytes=5 * GIB),
             drill_run(at("2026-06-07", "03:00"), "failure", "daily-06-06")]
     report = build_report(history(at("2026-05-30"), at("2026-06-09"), backups=backups, runs=runs))
     assert [(d["backup_id"], d["outcome"]) for d in report.drills] == [("daily-05-30", "success"),
@@ -235,19 +236,31 @@ def test_a_legitimate_purge_is_shown_apart_and_never_flagged():
 
 def test_growth_projects_when_the_database_reaches_its_storage():
     """10 GB a day, 170 GB on the 3rd: fac-db's 200 GB are reached three days later."""
-    backups = [manifest(f"daily-06-0{d}", at(f"2026-06-0{d}", "20:00"), size=(140 + 10 * d) * 10**9)
+    backups = [manifest(f"daily-06-0{d}", at(f"2026-06-0{d}", "20:00"), size=(140 + 10 * d) * GIB)
                for d in (1, 2, 3)]
     report = build_report(history(at("2026-06-01"), at("2026-06-04"), backups=backups,
                                   storage_gb={"fac-db": 200.0, "fac-snapshot-db": 75.0}))
-    assert round(report.growth_per_day) == 10 * 10**9
+    assert round(report.growth_per_day) == 10 * GIB
     by = {p.binding: p for p in report.projections}
     assert by["fac-db"].reaches == at("2026-06-06", "20:00")
     assert by["fac-snapshot-db"].note == "already at or above its storage"
 
 
+def test_storage_counts_in_the_units_of_the_settings():
+    """Production's snapshot: 75 GB of storage (GB as the settings and the broker count them, 1024^3
+    bytes) and 70 GB of data growing 1 GB a day has room for 5 more days, not 'already at its storage'
+    (which a 10^9-byte GB would say: 70 x 1024^3 bytes is more than 75 x 10^9)."""
+    backups = [manifest(f"daily-06-0{d}", at(f"2026-06-0{d}", "20:00"), size=(67 + d) * GIB) for d in (1, 2, 3)]
+    report = build_report(history(at("2026-06-01"), at("2026-06-04"), backups=backups,
+                                  storage_gb={"fac-snapshot-db": 75.0}))
+    (projection,) = report.projections
+    assert projection.note == "" and projection.reaches == at("2026-06-08", "20:00"), projection
+    assert report_text.fmt_bytes(70 * GIB) == "70.0 GB"
+
+
 def test_without_known_storage_the_projection_is_skipped_cleanly():
     """No storage settings: one line says the projection is skipped, nothing is guessed."""
-    backups = [manifest(f"daily-06-0{d}", at(f"2026-06-0{d}", "20:00"), size=d * 10**9) for d in (1, 2, 3)]
+    backups = [manifest(f"daily-06-0{d}", at(f"2026-06-0{d}", "20:00"), size=d * GIB) for d in (1, 2, 3)]
     report = build_report(history(at("2026-06-01"), at("2026-06-04"), backups=backups))
     assert [(p.binding, p.reaches, p.note) for p in report.projections] == [
         ("fac-db", None, "skipped: the storage of the databases is not configured")]
