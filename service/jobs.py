@@ -414,7 +414,8 @@ def run_job(
                  "skipped": "job.skipped"}[outcome]
         (log.info if outcome in ("success", "skipped") else log.error)(event, **summary)
         result = JobResult(name, run_id, outcome, seconds, tuple(steps), error, crashed, ctx.confirmation)
+        # On a client of its own: a cancel or a stall has interrupted the run's, which then refuses writes.
         journal.record_run(config, result, trigger=trigger, started_at=started_at, args=ctx.args, options=options,
-                           store=ctx.backups_store, metrics=metrics, log=log)  # never raises, bounded
+                           store=lambda: ctx.store_factory(config.backups), metrics=metrics, log=log)  # bounded
         notify.notify_job_end(config, result, metrics=metrics, log=log)  # never raises
         return result

@@ -135,7 +135,9 @@ class SessionProbe:
         return time.monotonic() - self.asked_at > 3 * self.interval
 
     def describe(self) -> str:
-        where = f"{self.db.name} ({self.db.host}:{self.db.port})"
+        from service.database import describe_endpoint
+
+        where = describe_endpoint(self.db)
         if self.silent:
             return (f"{where} did not answer the watchdog for {time.monotonic() - self.asked_at:.0f} s "
                     f"(its {self.application_name} sessions were: {self.state})")

@@ -37,7 +37,7 @@ from service.database import (
     sever,
     translated_errors,
 )
-from service.errors import BackupError, JobAbortedError, ServiceError, StorageError
+from service.errors import BackupError, JobAbortedError, ServiceError
 from service.pgtools import build_pg_dump_command, build_pg_env, build_table_pattern
 from service.storage import ObjectStore, choose_part_size
 from service.watchdog import watch_sessions
@@ -271,7 +271,8 @@ def _dump_table(ctx, plan, table: TableInfo, store, env, pg_dump, scope, written
                 sizes: dict) -> catalog.TableEntry:
     scope.check()
     settings = ctx.config.settings
-    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True,
+    # Named as the pg_dumps are: a long count is work the stall watchdog sees, not silence.
+    with connect(ctx.config.fac_db, sslmode=settings.pg_sslmode, autocommit=True, application_name=DUMP_APPLICATION,
                  lock_timeout_seconds=settings.dump_lock_wait_seconds) as conn:
         import_snapshot(conn, plan.snapshot)
         rows = count_rows(conn, table.schema, table.name)
@@ -295,5 +296,5 @@ def _remove_partial(ctx, store: ObjectStore, plan: BackupPlan, written: list[str
     """Delete what a failed run wrote, so its prefix does not linger; it has no manifest anyway."""
     try:
         store.delete_objects(list(written))
-    except StorageError as exc:
+    except ServiceError as exc:  # a StorageError, or the interrupted client refusing once its grace is over
         ctx.log.warning("backup.cleanup_failed", backup_id=plan.backup_id, error=exc.message)

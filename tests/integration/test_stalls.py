@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from service import catalog
+from service import catalog, layout
 from service.progress import Progress
 from service.refresh_record import FAILED, read_refresh_state
 from service.tasks.snapshot import APPLICATION_NAME
@@ -148,6 +148,14 @@ def no_backup_looks_complete(box) -> None:
 
 # --- db_to_s3 -------------------------------------------------------------------------------------
 
+def assert_only_the_journal_record(box, outcome: str, says: str) -> None:
+    """No object of the backup is left under backups/, and the run's own journal record is there."""
+    left = [o.key for o in box.store().list_objects("backups/")]
+    assert [key for key in left if not key.startswith(layout.JOURNAL_PREFIX)] == [], left
+    (record,) = [json.loads(box.store().get_bytes(key)) for key in left]
+    assert record["outcome"] == outcome and says in json.dumps(record["error"]), record
+
+
 def test_a_backup_stalled_mid_upload_fails_fast_and_lets_go_of_fac_db(sample_db, s3_proxy):
     """S3 goes silent in the middle of a multipart upload: the backup fails within the limit naming
     the object and the endpoint; the snapshot's session and every pg_dump leave fac-db within seconds;
@@ -162,7 +170,8 @@ def test_a_backup_stalled_mid_upload_fails_fast_and_lets_go_of_fac_db(sample_db,
     took = assert_stopped_in_time(result, s3_proxy, time.monotonic(), "public-big.dump", s3_proxy.url)
     released = watch.gone() - s3_proxy.stalled_at
     assert released < LIMIT + MARGIN, released
-    assert list(box.store().list_objects("backups/")) == []
+    # Nothing of the backup is left; the run's journal record is, written past the interrupted client.
+    assert_only_the_journal_record(box, "failure", "stalled")
     no_backup_looks_complete(box)
     # The exported snapshot was let go before the first clean-up request left for S3.
     snapshot_held = watch.last_seen_as[("fac-backup", "idle in transaction")]
@@ -360,7 +369,7 @@ def test_sigterm_stops_a_one_off_run_blocked_on_a_silent_s3_within_cf_stops_grac
     assert '"job.aborted"' in out
     released = watch.gone() - signalled
     assert released < 10, released
-    assert list(box.store().list_objects("backups/")) == []
+    assert_only_the_journal_record(box, "aborted", "SIGTERM")
     assert box.open_uploads() == []
     print(f"SIGTERM under a stall: exit 5 after {took:.1f} s, last fac-db session {released:.1f} s")
 
@@ -407,12 +416,12 @@ def test_the_daemon_starts_healthy_on_a_silent_s3_and_stays_so_through_stalls(sa
         assert daemon.value("fac_backup_job_stalls_total", job="db_to_s3") == 1
         assert daemon.get("/healthz")[0] == 200
         assert any(e["event"] == "step.stalled" and e["job"] == "db_to_s3" for e in daemon.events())
-        s3_proxy.heal()
-        daemon.ctl("trigger", job="db_to_s3", args=[], options={})
+        s3_proxy.heal()  # the failed run lets go once its journal record is written (or its 4 s are up)
+        trigger_when_idle(daemon, "db_to_s3")
         wait_for(lambda: runs(daemon, "db_to_s3", "success") == 1, 60, "the next run to succeed")
 
         s3_proxy.stall()
-        reply = daemon.ctl("trigger", job="db_to_s3", args=[], options={})
+        reply = trigger_when_idle(daemon, "db_to_s3")
         wait_for(lambda: any(e["event"] == "step.started" and e.get("run_id") == reply["run_id"]
                              for e in daemon.events()), 30, "the third run's step")
         time.sleep(0.5)  # its first request now waits on the silent S3
@@ -478,3 +487,25 @@ def test_a_snapshot_copy_with_a_long_index_build_is_not_stopped(sample_db):
     assert result.outcome == "success", result.error
     assert took > LIMIT, f"precondition: the copy took only {took:.1f} s"
     print(f"slow index in db_to_db: {took:.1f} s with a {LIMIT:g} s limit")
+
+
+def test_a_backup_whose_row_counts_take_longer_than_the_limit_is_not_stopped(sample_db, monkeypatch):
+    """Each table's exact count runs before its pg_dump and moves no byte: a count that takes longer
+    than the limit (a large table on a busy server) is work the server reports, and the backup succeeds."""
+    from service.tasks import backup
+
+    box = sample_db
+    box.config(FAC_BACKUP_STALL_SECONDS=str(LIMIT), FAC_BACKUP_PARALLEL="1")
+    real_count = backup.count_rows
+
+    def slow_count(conn, schema, name):
+        if name == "dissemination_general":  # one table counts for 1.5 limits, in the server
+            conn.execute("SELECT pg_sleep(%s)", (1.5 * LIMIT,))
+        return real_count(conn, schema, name)
+
+    monkeypatch.setattr(backup, "count_rows", slow_count)
+    started = time.monotonic()
+    result = box.run("db_to_s3")
+    took = time.monotonic() - started
+    assert result.outcome == "success", result.error
+    assert took > 1.5 * LIMIT, f"precondition: the backup took only {took:.1f} s"
