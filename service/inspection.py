@@ -23,7 +23,7 @@ from service.integrity import dropped_tables, read_acknowledgement
 from service.log import configure_logging, register_secrets
 from service.media_versions import summarize_moment
 from service.pgtools import INHERITED_ENV
-from service.refresh_record import COMPLETE, describe_state, read_refresh_state
+from service.refresh_record import COMPLETE, UNKNOWN, describe_state, read_refresh_state
 from service.storage import S3ObjectStore
 from service.tasks.sync import list_media_by_folder
 from service.verify import verify_backup
@@ -148,7 +148,10 @@ def show_snapshot(config, as_json: bool) -> int:
         print(f"refresh    run {record['run_id'] or '-'}   method {record['method'] or '-'}   "
               f"started {record['started_at'] or '-'}   backup of the same run {record['backup_id'] or '-'}")
     print(f"size       {data['tables']} tables, {space.format_gb(data['database_bytes'])}{storage}")
-    if not data["restorable"]:
+    if data["state"] == UNKNOWN and data["tables"]:
+        print("\ndb_restore takes this snapshot only with --force: no refresh record says when its data was taken; "
+              "refresh it with db_to_db, or restore from S3 (s3_restore BACKUP_ID)")
+    elif not data["restorable"]:
         instead = f"s3_restore {record['backup_id']}" if record.get("backup_id") else "s3_restore BACKUP_ID"
         print(f"\ndb_restore refuses this snapshot: restore from S3 instead ({instead}), or refresh it with db_to_db")
     return 0

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from service import space
 from service.database import connect
 from service.errors import ServiceError
-from service.refresh_record import describe_state, read_refresh_state
+from service.refresh_record import UNKNOWN, describe_state, read_refresh_state
 from service.tasks.snapshot import APPLICATION_NAME as COPY_APPLICATION
 
 SNAPSHOT_REFRESH, RESTORE = "snapshot_refresh", "restore"
@@ -59,25 +59,27 @@ class SpaceWatcher:
 
     def _refresh(self) -> None:
         fac, snap = self.config.fac_db, self.config.snapshot_db
-        source = self._look(fac, lambda c: (space.read_server_space(c), space.read_largest_index(c)))
+        source = self._look(fac, space.read_server_space)
         target = self._look(snap, lambda c: (space.read_server_space(c), *read_refresh_state(c, COPY_APPLICATION)))
         sizes, required, status = {}, {}, {"checked_at": time.time(), "databases": {}, "required_bytes": {}}
-        for binding, look in ((fac.name, source), (snap.name, target)):
+        for binding, look in ((fac.name, source), (snap.name, target and target[0])):
             if look is not None:
-                sizes[binding] = look[0].database_bytes
-                status["databases"][binding] = {"size_bytes": look[0].database_bytes,
-                                                "server_bytes": look[0].server_bytes,
+                sizes[binding] = look.database_bytes
+                status["databases"][binding] = {"size_bytes": look.database_bytes, "server_bytes": look.server_bytes,
                                                 "storage_bytes": self.storage[binding] or 0}
         if source is not None and target is not None:
-            in_place, _ = space.refresh_peaks(target[0], source[0].database_bytes, source[1])
+            # What any refresh needs: the in-place peak, which the largest index does not enter.
+            in_place, _ = space.refresh_peaks(target[0], source.database_bytes, 0)
             required[(SNAPSHOT_REFRESH, snap.name)] = in_place
         manifest = self.newest_manifest()
         if source is not None and manifest is not None:
-            need = space.RestoreNeed(source[0], *space.manifest_restored_size(manifest))
+            need = space.RestoreNeed(source, *space.manifest_restored_size(manifest))
             required[(RESTORE, fac.name)] = need.storage_needed
             status["newest_backup"] = getattr(manifest, "id", "")
         status["required_bytes"] = {operation: n for (operation, _), n in required.items()}
-        if target is not None:
+        if target is None:  # not read: say so, rather than keep the last state seen
+            self.metrics.observe_snapshot_state(UNKNOWN)
+        else:
             state, record = target[1], target[2]
             self.metrics.observe_snapshot_state(state)
             status["snapshot"] = {"state": state, "summary": describe_state(state, record),

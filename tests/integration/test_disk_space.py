@@ -219,6 +219,9 @@ def test_a_refresh_that_fails_midway_leaves_a_snapshot_db_restore_refuses(big_so
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_copy(server, loading=True)
+        # While its sessions are connected the refresh reads as running, not as interrupted.
+        running = describe_snapshot(box.config())
+        assert running["state"] == "refreshing" and not running["restorable"], running
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(30)
     finally:

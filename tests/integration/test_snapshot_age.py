@@ -94,6 +94,9 @@ def test_snapshot_without_a_record_is_of_unknown_age(sample_db):
         assert refused.exit_code == 3, refused.error
         assert "no record of when its data was taken" in refused.error.message
         assert "age is unknown" in refused.error.message and "db_to_db" in refused.error.hint
+    shown = box.cli("show", "fac-snapshot-db")  # says what db_restore will do with it, as it does
+    assert shown.returncode == 0, shown.stderr
+    assert "db_restore takes this snapshot only with --force" in shown.stdout and "refuses" not in shown.stdout
     forced = box.run("db_restore", options={**CONFIRM, "force": True})
     assert_restored(forced)
     assert forced.steps[0].figures["snapshot_age_hours"] == -1

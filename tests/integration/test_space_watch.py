@@ -49,3 +49,29 @@ def test_the_daemon_exports_the_disks_and_a_failed_refresh(sample_db, tmp_path, 
     assert disks["snapshot"]["state"] == "failed" and disks["snapshot"]["restorable"] is False
     assert "dissemination_general" in disks["snapshot"]["error"]
     assert disks["newest_backup"] == backup_id and disks["required_bytes"]["restore"] == restore
+
+
+def test_a_snapshot_the_watch_cannot_read_reads_unknown_not_its_last_state(sample_db):
+    """The snapshot read complete, then its server cannot be reached (here: a port nobody listens on): the
+    state gauge says unknown, rather than go on saying complete."""
+    from prometheus_client import CollectorRegistry
+    from structlog.testing import capture_logs
+
+    from service.log import get_logger
+    from service.metrics import Metrics
+    from service.space_watch import SpaceWatcher
+
+    assert sample_db.run("db_to_db").outcome == "success"
+    metrics = Metrics(("db_to_db",), registry=CollectorRegistry())
+
+    def state() -> str:
+        return next(s.labels["state"] for m in metrics.registry.collect() for s in m.samples
+                    if s.name == "fac_backup_snapshot_refresh_state" and s.value == 1)
+
+    SpaceWatcher(sample_db.config(), metrics, lambda: None, get_logger()).refresh()
+    assert state() == "complete"
+    sample_db.credential_overrides["fac-snapshot-db"] = {"port": "1"}
+    with capture_logs() as logs:
+        SpaceWatcher(sample_db.config(), metrics, lambda: None, get_logger()).refresh()
+    assert any(e["event"] == "space.unreadable" for e in logs)
+    assert state() == "unknown"
