@@ -345,6 +345,10 @@ def run_job(
         log = get_logger()
         try:
             spec = get_job(name)
+        except ServiceError as exc:  # no job of that name: nothing to journal, and no typed name for a key
+            log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)
+            return JobResult(name, run_id, "failure", 0.0, (), exc)
+        try:
             validate_request(spec, tuple(args), options, config)
         except ServiceError as exc:
             log.error("job.rejected", error=exc.message, detail=exc.detail, hint=exc.hint, trigger=trigger)

@@ -72,6 +72,14 @@ def test_bad_arguments_are_journaled_too(config, store):
     assert record["outcome"] == "rejected" and "argument" in record["error"]["message"]
 
 
+def test_an_unknown_job_is_refused_without_a_record(config, store):
+    """A name no job has is a typing error, not a run: refused (exit 2), and nothing is written, so a
+    hostile name never becomes part of a key in the bucket."""
+    result = run(config, store, "../../catalog/evil")
+    assert result.exit_code == 2 and "unknown job" in result.error.message
+    assert list(store.list_objects("")) == []
+
+
 def test_large_figures_are_recorded_by_their_length():
     """A prune's list of thousands of decisions would make a large record: its count is kept instead."""
     figures = {"kept": 3, "decisions": [{"id": f"scheduled-{i}"} for i in range(1000)], "note": "x"}
