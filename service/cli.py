@@ -51,7 +51,6 @@ exit codes:
 
 
 RUN_EXAMPLES = """\
-examples:
   python -m service run on_demand_backup
   python -m service run s3_restore scheduled-12-01-09 --confirm production/fac-db
   python -m service run prune_backups            (a dry run: says what it would delete)
@@ -74,10 +73,10 @@ def job_table(width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def _command(sub, name: str, summary: str, description: str, examples: str):
+def _command(sub, name: str, summary: str, description: str, examples: str, *, before_examples: str = ""):
     """A subcommand whose help says what it does for an operator, then how to type it."""
     return sub.add_parser(name, help=summary, description=textwrap.fill(description, 100, break_on_hyphens=False),
-                          epilog="examples:\n" + examples,
+                          epilog=before_examples + "examples:\n" + examples,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -86,15 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run", help="run one job now, to the end, and exit with its outcome (as `cf run-task` does)",
-        description=textwrap.fill(
-                    "Run one job of the registry in this process and exit with its outcome. Backups take the "
-                    "service lock, so a run waits for the daemon's own run of the same kind. Restores "
-                    "overwrite fac-db or the media bucket: they need --confirm naming the space and the "
-                    "binding, and a restore of fac-db takes a pre-restore backup first.", 100, break_on_hyphens=False),
-        epilog="jobs:\n" + job_table() + "\n\n" + RUN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = _command(sub, "run", "run one job now, to the end, and exit with its outcome (as `cf run-task` does)",
+                   "Run one job of the registry in this process and exit with its outcome. Backups take the "
+                   "service lock, so a run waits for the daemon's own run of the same kind. Restores "
+                   "overwrite fac-db or the media bucket: they need --confirm naming the space and the "
+                   "binding, and a restore of fac-db takes a pre-restore backup first.",
+                   RUN_EXAMPLES, before_examples="jobs:\n" + job_table() + "\n\n")
     run.add_argument("job", metavar="JOB", help="one of the jobs listed below")
     run.add_argument("args", nargs="*", metavar="ARG", help="the job's arguments, e.g. a BACKUP_ID as `list` prints it")
     run.add_argument("--confirm", metavar="SPACE/BINDING",
