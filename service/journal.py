@@ -116,9 +116,7 @@ def write_record(store_factory: Callable[[], ObjectStore], record: dict, *, metr
             body = json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8")
             store_factory().put_bytes(key, body, content_type="application/json")
             done.append(key)
-        except ServiceError as exc:
-            done.append(exc)
-        except Exception as exc:  # noqa: BLE001 - the journal must never fail a run
+        except Exception as exc:  # noqa: BLE001 - a ServiceError or not, the journal must never fail a run
             done.append(exc)
 
     writer = threading.Thread(target=put, name="journal", daemon=True)
@@ -144,7 +142,7 @@ def write_record(store_factory: Callable[[], ObjectStore], record: dict, *, metr
 
 
 def _count(metrics, outcome: str) -> None:
-    if metrics is not None and hasattr(metrics, "journal_write"):
+    if metrics is not None:
         metrics.journal_write(outcome)
 
 

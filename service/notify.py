@@ -1,13 +1,9 @@
 """Notifications to the team: a webhook call and an email when a job fails or is aborted, on
-recovery, and for every restore; and messages other parts of the service want the team to read.
+recovery, and for every restore.
 
-Two entry points:
-- `notify_job_end(config, result)`: jobs.run_job calls it once per run; it decides whether the
-  run is worth a message (below) and sends it.
-- `notify_team(config, job=, outcome=, text=)`: one message now, whatever happened before.
-
-Both deliver to every configured channel at once, each on its own thread, and wait at most
-TIMEOUT_SECONDS for all of them together: the webhook (FAC_BACKUP_WEBHOOK_URL or _SERVICE),
+`notify_job_end(config, result)`: jobs.run_job calls it once per run; it decides whether the run
+is worth a message (below) and sends it to every configured channel at once, each on its own
+thread, waiting at most TIMEOUT_SECONDS for all of them together: the webhook (FAC_BACKUP_WEBHOOK_URL or _SERVICE),
 through the proxy service.egress chooses, and the email (service.mail). A channel that fails or
 runs out of time is logged (`notify.failed`: channel, reason, detail) and counted
 (`fac_backup_notifications_total{channel, outcome="failed"}`) and never changes how a job ended.
@@ -177,24 +173,6 @@ def notify_job_end(config, result, *, metrics=None, log=None) -> bool:
         payload = build_payload(result, recovered=recovered, space=space, notes=notes)
         subject = build_subject(result, recovered=recovered, space=space)
         return deliver(config, payload, subject, metrics=metrics, log=log)
-    except Exception:  # noqa: BLE001 - the notification is best effort by design
-        log.exception("notify.crashed")
-        _count(metrics, "failed", "webhook")
-        return False
-
-
-def notify_team(config, *, job: str, outcome: str, text: str, fields: dict | None = None,
-                metrics=None, log=None) -> bool:
-    """Send one message to the team now, through every channel (a report, a warning a step
-    wants read). `text` is the line people read; `fields` add JSON fields and email lines.
-    Returns True when a channel delivered; never raises."""
-    log = log or get_logger()
-    try:
-        space = scrub(config.space) if getattr(config, "space", None) else None
-        payload = {"text": f"{_origin(space)}: {scrub(text)}", "service": SERVICE_NAME, "space": space,
-                   "job": job, "outcome": outcome, "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                   **{k: scrub(str(v)) for k, v in (fields or {}).items()}}
-        return deliver(config, payload, f"{_origin(space)}: {job} {outcome}", metrics=metrics, log=log)
     except Exception:  # noqa: BLE001 - the notification is best effort by design
         log.exception("notify.crashed")
         _count(metrics, "failed", "webhook")

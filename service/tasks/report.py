@@ -56,10 +56,10 @@ def choose_period(since: str | None, until: str | None, now: datetime, tz) -> tu
 
 
 def make_report(config, store, since: datetime, until: datetime, now: datetime | None = None, log=None):
-    """(Report, html, text) of [since, until)."""
+    """(Report, html) of [since, until); the text summary is rendered where it is printed."""
     now = now or datetime.now(config.settings.timezone)
     report = build_report(gather_history(config, store, since, until, now, log=log))
-    return report, render_html(report), render_text(report)
+    return report, render_html(report)
 
 
 def upload_report(store, report, html: str) -> str:
@@ -89,7 +89,7 @@ def report_step(ctx) -> dict:
     args = (*ctx.args, None)
     since, until = choose_period(args[0], args[1], now, tz) if ctx.args else previous_month(now, tz)
     store = ctx.backups_store()
-    report, html, _ = make_report(ctx.config, store, since, until, now, ctx.log)
+    report, html = make_report(ctx.config, store, since, until, now, ctx.log)
     key = upload_report(store, report, html)
     figures = {**report_figures(report), "report_key": key, "report_url": f"s3://{store.bucket}/{key}",
                "bytes": len(html.encode("utf-8"))}
@@ -101,7 +101,7 @@ def report_command(ns, config, store) -> int:
     """`python -m service report`: write the file, print the summary, optionally upload."""
     tz = config.settings.timezone
     since, until = choose_period(ns.since, ns.until, datetime.now(tz), tz)
-    report, html, _ = make_report(config, store, since, until)
+    report, html = make_report(config, store, since, until)
     out = Path(ns.out or f"contingency-report-{since:%Y%m%d}-{(until - timedelta(microseconds=1)):%Y%m%d}.html")
     try:
         out.write_text(html, encoding="utf-8")

@@ -293,19 +293,3 @@ def test_a_stuck_channel_holds_the_job_no_longer_than_the_notification_timeout(w
         assert PROXY_PASSWORD not in str(failures)
     sent = [e["channel"] for e in logs if e["event"] == "notify.sent"]
     assert sent == ["email" if stuck_channel == "webhook" else "webhook"]
-
-
-def test_a_message_to_the_team_goes_out_on_both_channels(world):
-    """notify_team (reports, warnings) uses the same channels and proxy as a job's end, unconditionally."""
-    config = config_with(world, world.proxy_binding(), world.smtp_binding())
-    metrics = Metrics((), registry=CollectorRegistry())
-    assert notify.notify_team(config, job="monthly_report", outcome="report", text="31 backups in May",
-                              fields={"backups": 31}, metrics=metrics)
-    ((_headers, body),) = world.receiver.received()
-    assert body["text"] == "fac-backup (production): 31 backups in May" and body["backups"] == "31"
-    ((_to, _from, raw),) = world.mail.messages
-    assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == (
-        "fac-backup (production): monthly_report report")
-    for channel in ("webhook", "email"):
-        assert metrics.registry.get_sample_value("fac_backup_notifications_total",
-                                                 {"outcome": "sent", "channel": channel}) == 1
