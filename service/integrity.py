@@ -83,21 +83,29 @@ def find_baseline(store, database: str) -> catalog.Manifest | None:
     return None
 
 
-def check_backup(ctx, store, tables) -> dict:
-    """The comparison of a backup about to be written (its TableEntry list); {} when there is
-    nothing to compare with or the comparison could not run. Never raises: the watch must not
-    fail a backup."""
-    settings = ctx.config.settings
+def read_baseline(ctx, store) -> catalog.Manifest | None:
+    """The baseline a backup starting now compares with (find_baseline), read once per backup: its
+    progress estimate uses it too. None for a first backup, or when it cannot be read (a warning).
+    Never raises: the watch must not fail a backup."""
     try:
-        baseline = find_baseline(store, ctx.config.fac_db.dbname)
-        if baseline is None:
-            return {}
-        record = compare_tables(baseline, tables, allowed=settings.shrink_allowed_tables,
-                                threshold_percent=settings.shrink_threshold_percent)
+        return find_baseline(store, ctx.config.fac_db.dbname)
     except ServiceError as exc:
         ctx.log.warning("backup.integrity_check_failed", error=exc.message, detail=exc.detail,
                         hint="the backup is written without a comparison; the next one compares again")
+    except Exception:  # noqa: BLE001 - the watch must never fail the backup it watches
+        ctx.log.exception("backup.integrity_check_failed")
+    return None
+
+
+def check_backup(ctx, baseline: catalog.Manifest | None, tables) -> dict:
+    """The comparison of a backup about to be written (its TableEntry list) with `baseline`; {} when
+    there is nothing to compare with or the comparison could not run. Never raises."""
+    if baseline is None:
         return {}
+    settings = ctx.config.settings
+    try:
+        record = compare_tables(baseline, tables, allowed=settings.shrink_allowed_tables,
+                                threshold_percent=settings.shrink_threshold_percent)
     except Exception:  # noqa: BLE001 - the watch must never fail the backup it watches
         ctx.log.exception("backup.integrity_check_failed")
         return {}

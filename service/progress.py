@@ -235,25 +235,16 @@ class _CountingReader:
         return getattr(self._stream, name)
 
 
-def estimate_backup_bytes(store, tables) -> int:
+def estimate_backup_bytes(previous, tables) -> int:
     """What a new backup of `tables` will write: schema.dump and each table's dump as in the
-    newest complete backup, else the catalog's size estimate (heap and TOAST; a compressed
-    dump is smaller).
-
-    Only an estimate for the progress display: any failure falls back to the catalog.
-    """
-    from service import catalog  # catalog builds on the storage that imports us
-
-    previous: dict[tuple[str, str], int] = {}
+    `previous` complete backup's manifest (the integrity watch's baseline), else the catalog's
+    size estimate (heap and TOAST; a compressed dump is smaller). Only for the progress display."""
+    sizes: dict[tuple[str, str], int] = {}
     schema = 0
-    try:
-        manifest = next(catalog.newest_manifests(store), None)
-        if manifest is not None:
-            previous = {(t.schema, t.table): t.bytes for t in manifest.tables}
-            schema = int(manifest.schema.get("bytes", 0))
-    except Exception:  # noqa: BLE001 - an estimate must never fail a backup
-        previous, schema = {}, 0
-    return schema + sum(previous.get((t.schema, t.name), t.total_bytes) for t in tables)
+    if previous is not None:
+        sizes = {(t.schema, t.table): t.bytes for t in previous.tables}
+        schema = int(previous.schema.get("bytes", 0) or 0)
+    return schema + sum(sizes.get((t.schema, t.name), t.total_bytes) for t in tables)
 
 
 def expected_read_bytes(found, *, verify: bool, load: bool) -> int:

@@ -114,13 +114,15 @@ def backup_database(ctx, kind: str, before_restore: dict | None = None) -> dict:
         started_at = catalog.now_iso(settings.timezone)
         log.info("backup.started", backup_id=backup_id, tables=len(tables), parallel=settings.parallel,
                  server_version=server_text, pg_dump=dump_version, compression=compression_spec)
-        ctx.progress.expect(bytes=progress.estimate_backup_bytes(store, tables), items=len(tables), unit="tables")
+        baseline = integrity.read_baseline(ctx, store)  # one listing: the estimate's and the watch's
+        ctx.progress.expect(bytes=progress.estimate_backup_bytes(baseline, tables), items=len(tables),
+                            unit="tables")
         ctx.progress.set_doing(f"dumping {len(tables)} tables of {config.fac_db.name} into s3://{store.bucket}")
         entries, schema_entry, privileges_entry = _dump_all(ctx, plan, store, env, pg_dump, disk,
                                                             release=lambda: sever(control))
         with translated_errors("ending the backup snapshot"):
             control.execute("COMMIT")
-    checked = integrity.check_backup(ctx, store, entries)  # never raises
+    checked = integrity.check_backup(ctx, baseline, entries)  # never raises
     manifest = catalog.Manifest(
         id=backup_id,
         job=ctx.job,

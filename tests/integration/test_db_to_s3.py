@@ -261,3 +261,19 @@ def test_a_table_locked_by_a_migration_fails_the_backup_instead_of_hanging(sampl
         migration.execute("ROLLBACK")
     assert time.monotonic() - started < 60
     assert_nothing_left(sample_db, done, "public.dissemination_finding", "LOCK TABLE")
+
+
+def test_a_backup_reads_the_catalog_once(sample_db, monkeypatch):
+    """The previous backup serves both the progress estimate and the integrity watch: one listing of
+    backups/ per backup (in production, hundreds of backups of sixty-odd objects each)."""
+    first = sample_db.run("db_to_s3")
+    assert first.outcome == "success", first.error
+    listings = []
+    real = catalog.list_backup_objects
+    monkeypatch.setattr(catalog, "list_backup_objects",
+                        lambda store, *a, **k: listings.append(1) or real(store, *a, **k))
+    second = sample_db.run("db_to_s3")
+    assert second.outcome == "success", second.error
+    assert len(listings) == 1
+    # ... and the one read served the watch: the second backup was compared with the first.
+    assert second.steps[0].figures["integrity_baseline"] == first.steps[0].figures["backup_id"]
