@@ -143,3 +143,15 @@ def test_a_clean_up_request_gives_up_after_two_attempts():
         store._call("ABORT UPLOAD", "k", store.client.abort_multipart_upload, Key="k", UploadId="u")
     assert [op for op, _ in recorder.seen] == ["AbortMultipartUpload"] * 2
     assert "2 attempts" in raised.value.detail
+
+
+def test_botocore_honours_each_requests_own_read_timeout(silent_endpoint, monkeypatch):
+    """A clean-up's shorter read timeout is set per request (botocore's request context); this proves
+    the installed botocore obeys it against a silent endpoint, not only that the value was written:
+    two attempts of 1 s end in about 2 s, where the client's own 30 s reads would take a minute."""
+    monkeypatch.setattr(s3_deadlines, "CLEANUP_READ_SECONDS", 1)
+    store = S3ObjectStore(binding(silent_endpoint))
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="ABORT UPLOAD"):
+        store._call("ABORT UPLOAD", "k", store.client.abort_multipart_upload, Key="k", UploadId="u")
+    assert time.monotonic() - started < 8
