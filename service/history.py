@@ -14,7 +14,6 @@ backup would bring back (as `show` computes it).
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -22,7 +21,7 @@ from datetime import datetime, tzinfo
 from service import catalog, journal, layout
 from service.bucket_rules import read_bucket_expiry
 from service.errors import ServiceError
-from service.media_versions import list_versions, summarize_moment
+from service.media_versions import list_versions, restorable_media
 from service.scheduler import OFF
 
 SCHEDULE_SETTINGS = {"scheduled_backup": "scheduled_cron", "daily_backup": "daily_cron",
@@ -79,8 +78,7 @@ def _read_json(store, key: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def gather_history(config, store, since: datetime, until: datetime, now: datetime, *, media_store=None,
-                   log=None) -> History:
+def gather_history(config, store, since: datetime, until: datetime, now: datetime, *, log=None) -> History:
     """Read the history of [since, until) from the backups bucket (module docstring)."""
     settings = config.settings
     summaries = [s for s in catalog.list_backups(store, workers=READERS) if s.complete and s.manifest is not None]
@@ -114,17 +112,12 @@ def gather_history(config, store, since: datetime, until: datetime, now: datetim
 
 def newest_media(store, summaries, log=None) -> dict:
     """What a restore of the newest complete backup's media would bring back today ({} if none)."""
-    from service.tasks.sync import list_media_by_folder  # the sync's listing; it imports the registry's world
-
     if not summaries:
         return {}
     newest = max(summaries, key=lambda s: (s.started_at, s.id))
-    stop = threading.Event()
     try:
-        return {"backup_id": newest.id, **summarize_moment(store, newest.manifest, list_media_by_folder(store, stop))}
+        return {"backup_id": newest.id, **restorable_media(store, newest.manifest)}
     except ServiceError as exc:
         if log is not None:
             log.warning("report.media_unreadable", error=exc.message)
         return {"backup_id": newest.id, "error": exc.message}
-    finally:
-        stop.set()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 
 from service import clients, space
 from service.config import load_config
@@ -21,11 +20,10 @@ from service.database import connect, list_user_tables, translated_errors
 from service.finder import FoundBackup, find_backup
 from service.integrity import dropped_tables, read_acknowledgement
 from service.log import configure_logging, register_secrets
-from service.media_versions import summarize_moment
+from service.media_versions import restorable_media
 from service.pgtools import INHERITED_ENV
 from service.refresh_record import COMPLETE, UNKNOWN, describe_state, read_refresh_state
 from service.storage import S3ObjectStore
-from service.tasks.sync import list_media_by_folder
 from service.verify import verify_backup
 
 
@@ -65,11 +63,7 @@ def describe_media(store, found: FoundBackup) -> dict:
     """The media a restore of `found` brings back (service.media_versions): one listing of the mirror."""
     if found.manifest is None:
         return {"moment": None, "moment_from": "none: a legacy backup restores the latest copy of every key"}
-    stop = threading.Event()
-    try:
-        return summarize_moment(store, found.manifest, list_media_by_folder(store, stop))
-    finally:
-        stop.set()
+    return restorable_media(store, found.manifest)
 
 
 def _print_media(media: dict) -> None:

@@ -169,6 +169,20 @@ def versions_needed(replaced: list[datetime], moments: list[datetime]) -> list[b
     return needed
 
 
+def restorable_media(store: ObjectStore, manifest) -> dict:
+    """What a restore of this backup's media would bring back today, from one listing of the mirror
+    (`show` and the contingency report)."""
+    import threading
+
+    from service.tasks.sync import list_media_by_folder  # the sync's own listing; the sync imports us
+
+    stop = threading.Event()
+    try:
+        return summarize_moment(store, manifest, list_media_by_folder(store, stop))
+    finally:
+        stop.set()
+
+
 def summarize_moment(store: ObjectStore, manifest, listing: Iterator[ObjectInfo]) -> dict:
     """What a restore of this backup's media would bring back from `store` today (the
     mirror's `listing` streamed once): objects, bytes, and how many come from kept versions."""
