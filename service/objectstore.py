@@ -10,7 +10,6 @@ implementation (the only boto3 user) and re-exports everything here.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import queue
 import threading
@@ -21,6 +20,7 @@ from datetime import datetime
 from typing import BinaryIO
 
 from service.errors import JobAbortedError, ServiceError, StorageError
+from service.progress import activity_of
 
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -258,7 +258,7 @@ class ObjectStore(ABC):
 
     def _activity(self, what: str):
         """The run's record of a transfer in flight (nothing when no run tracks this store)."""
-        return self.progress.activity(what) if self.progress is not None else contextlib.nullcontext()
+        return activity_of(self.progress, what)
 
     def _upload_stream(self, key, reader, part_size, cancelled, before_complete, extra, activity) -> UploadResult:
         count = activity.moved if activity is not None else self._count

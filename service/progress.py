@@ -235,6 +235,12 @@ class _CountingReader:
         return getattr(self._stream, name)
 
 
+def activity_of(progress: Progress | None, what: str, *, allowance: float = 0.0):
+    """`progress.activity(what)`, or a block that records nothing when no run tracks the caller
+    (a store or stream used outside a job: show, list, the tests)."""
+    return progress.activity(what, allowance=allowance) if progress is not None else contextlib.nullcontext()
+
+
 def estimate_backup_bytes(previous, tables) -> int:
     """What a new backup of `tables` will write: schema.dump and each table's dump as in the
     `previous` complete backup's manifest (the integrity watch's baseline), else the catalog's

@@ -38,6 +38,7 @@ from service.objectstore import (
     choose_part_size,
     parse_expiry_rules,
 )
+from service.progress import activity_of
 from service.s3_deadlines import (
     ATTEMPTS,
     COMPLETE_SECONDS_PER_PART,
@@ -177,8 +178,7 @@ class S3ObjectStore(ObjectStore):
         """One request (its retries included): shown to the watchdog while in flight, its errors
         translated. `allowance`: seconds it may honestly take beyond an ordinary request."""
         where = f"s3://{self.bucket}/{key}"
-        activity = (self.progress.activity(f"S3 {action} of {where} at {self.endpoint}", allowance=allowance)
-                    if self.progress is not None else contextlib.nullcontext())
+        activity = activity_of(self.progress, f"S3 {action} of {where} at {self.endpoint}", allowance=allowance)
         try:
             with activity as moving, self._guard.allowance(allowance):
                 yield

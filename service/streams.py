@@ -11,13 +11,13 @@ can look like a clean end of input to the program reading it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import queue
 import threading
 from collections.abc import Iterator
 
 from service.errors import IntegrityError, ServiceError, StorageError
+from service.progress import activity_of
 from service.storage import ObjectStore
 
 CHUNK_SIZE = 1024 * 1024
@@ -53,7 +53,7 @@ class ObjectReader:
 
     def _run(self) -> None:
         what = f"download of s3://{self.store.bucket}/{self.key} from {getattr(self.store, 'endpoint', '')}"
-        with (self._progress.activity(what) if self._progress is not None else contextlib.nullcontext()) as activity:
+        with activity_of(self._progress, what) as activity:
             self._moved = activity.moved if activity is not None else None
             self._fetch()
 
