@@ -108,12 +108,14 @@ class RequestGuard:
 
     @contextlib.contextmanager
     def allowance(self, seconds: float) -> Iterator[None]:
-        """Requests this thread makes in the block may answer `seconds` later than usual."""
+        """Requests this thread makes in the block may answer `seconds` later than usual; a block
+        inside another gives its own requests its own allowance, then the outer one's again."""
+        outer = getattr(self._local, "allowance", 0.0)
         self._local.allowance = seconds
         try:
             yield
         finally:
-            self._local.allowance = 0.0
+            self._local.allowance = outer
 
     def _deadline(self, params, model, context, **_kwargs) -> None:
         """The read timeout of this call (`params`: the API call's own arguments)."""

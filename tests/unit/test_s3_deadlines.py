@@ -155,3 +155,16 @@ def test_botocore_honours_each_requests_own_read_timeout(silent_endpoint, monkey
     with pytest.raises(StorageError, match="ABORT UPLOAD"):
         store._call("ABORT UPLOAD", "k", store.client.abort_multipart_upload, Key="k", UploadId="u")
     assert time.monotonic() - started < 8
+
+
+def test_an_allowance_inside_another_gives_the_outer_one_back():
+    """A multipart copy's allowance covers its requests; a HEAD made inside it with none of its own
+    gets the ordinary timeout, and the copy's requests after it get the copy's allowance again."""
+    store = S3ObjectStore(binding("http://127.0.0.1:9"))
+    guard = store._guard
+    with guard.allowance(40.0):
+        assert guard._local.allowance == 40.0
+        with guard.allowance(0.0):
+            assert guard._local.allowance == 0.0
+        assert guard._local.allowance == 40.0
+    assert guard._local.allowance == 0.0
