@@ -21,7 +21,7 @@ from service.errors import ConfigError
 from service.hosts import normalize, shared_address
 from service.mail import MailRelay, read_mail
 from service.retention import KEEP_LAST_FLOOR, MIN_DAYS_FLOOR, RetentionPolicy
-from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, database_binding, parse_vcap
+from service.vcap import BucketBinding, DatabaseBinding, bucket_binding, credentials, database_binding, parse_vcap
 
 PREFIX = "FAC_BACKUP_"
 DEFAULT_TABLE_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "fac-tables.txt"
@@ -362,14 +362,13 @@ def read_webhook_url(environ: Mapping[str, str], bindings: dict, problems: list[
     url, source = direct, f"{PREFIX}WEBHOOK_URL"
     if service:
         source = f"binding {service!r}"
-        creds = (bindings.get(service) or {}).get("credentials")
         if service not in bindings:
             problems.append(f"no service binding named {service!r} in VCAP_SERVICES ({PREFIX}WEBHOOK_SERVICE)")
             return None
-        url = str(creds.get("url") or "").strip() if isinstance(creds, dict) else ""
-        if not url:
-            problems.append(f"binding {service!r} lacks credential key(s): url")
+        creds = credentials(bindings[service], service, ("url",), problems)
+        if creds is None:
             return None
+        url = str(creds["url"]).strip()
     if url and not url.lower().startswith(("https://", "http://")):
         problems.append(f"the webhook URL from {source} must start with https:// (or http://)")
         return None

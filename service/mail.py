@@ -26,6 +26,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
 from service.egress import DeliveryError
+from service.errors import quote_input
+from service.vcap import credentials, tcp_port
 
 SMTP_SERVICE = "smtp-proxy-creds"
 PREFIX = "FAC_BACKUP_"
@@ -50,13 +52,6 @@ def _address(text: str) -> str | None:
     return text.strip() if name else address
 
 
-def _port(text: str, source: str, problems: list[str]) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        problems.append(f"the SMTP port from {source} ({text!r}) is not a TCP port number")
-        return 25
-    return int(text)
-
-
 def read_mail(environ: Mapping[str, str], bindings: dict, problems: list[str]) -> MailRelay | None:
     """The relay and addresses when FAC_BACKUP_EMAIL_TO is set (else None); every problem appended."""
     def setting(name: str) -> str:
@@ -70,7 +65,7 @@ def read_mail(environ: Mapping[str, str], bindings: dict, problems: list[str]) -
         return None
     recipients = tuple(a for a in (_address(t) for t in to_text.split(",") if t.strip()) if a)
     if len(recipients) != len([t for t in to_text.split(",") if t.strip()]) or not recipients:
-        problems.append(f"{PREFIX}EMAIL_TO={to_text!r} must be e-mail addresses separated by commas")
+        problems.append(f"{PREFIX}EMAIL_TO={quote_input(to_text)} must be e-mail addresses separated by commas")
     sender = _address(setting("EMAIL_FROM"))
     if sender is None:
         problems.append(f"{PREFIX}EMAIL_FROM must be the sender's address (one the mail relay accepts) "
@@ -78,15 +73,13 @@ def read_mail(environ: Mapping[str, str], bindings: dict, problems: list[str]) -
     service = named or SMTP_SERVICE
     if host:
         source = f"{PREFIX}SMTP_HOST"
-        port = _port(setting("SMTP_PORT") or "25", f"{PREFIX}SMTP_PORT", problems)
+        port = tcp_port(setting("SMTP_PORT") or "25", f"{PREFIX}SMTP_PORT", problems) or 25
     elif service in bindings:
         source = f"binding {service!r}"
-        creds = bindings[service].get("credentials") if isinstance(bindings[service], dict) else None
-        missing = [k for k in ("domain", "port") if not isinstance(creds, dict) or not str(creds.get(k) or "")]
-        if missing:
-            problems.append(f"binding {service!r} lacks credential key(s): {', '.join(missing)}")
+        creds = credentials(bindings[service], service, ("domain", "port"), problems)
+        if creds is None:
             return None
-        host, port = str(creds["domain"]).strip(), _port(str(creds["port"]).strip(), source, problems)
+        host, port = str(creds["domain"]).strip(), tcp_port(creds["port"], source, problems) or 25
     else:
         where = f"no service binding named {named!r} in VCAP_SERVICES ({PREFIX}SMTP_SERVICE)" if named else (
             f"no mail relay: bind {SMTP_SERVICE!r} or set {PREFIX}SMTP_HOST")

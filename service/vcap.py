@@ -97,8 +97,9 @@ def parse_vcap(text: str, source: str) -> tuple[dict[str, dict[str, Any]], list[
     return by_name, []
 
 
-def _credentials(binding: dict[str, Any], name: str, keys: tuple[str, ...], problems: list[str]):
-    creds = binding.get("credentials")
+def credentials(binding: Any, name: str, keys: tuple[str, ...], problems: list[str]) -> dict | None:
+    """The binding's credentials holding every one of `keys`, or None with a problem naming what lacks."""
+    creds = binding.get("credentials") if isinstance(binding, dict) else None
     if not isinstance(creds, dict):
         problems.append(f"binding {name!r} has no credentials object")
         return None
@@ -119,12 +120,13 @@ def _text(creds: dict, key: str, name: str, problems: list[str], *, secret: bool
     return None
 
 
-def _port(value: Any, name: str, problems: list[str]) -> int | None:
-    """A TCP port from cloud.gov's string (or a number), or None with a problem."""
+def tcp_port(value: Any, where: str, problems: list[str]) -> int | None:
+    """A TCP port from cloud.gov's string (or a number, or a setting), or None with a problem naming
+    `where` it came from ("binding 'fac-db'", "FAC_BACKUP_SMTP_PORT")."""
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     if text.isdigit() and 0 < int(text) < 65536:
         return int(text)
-    problems.append(f"binding {name!r}: port {quote_input(value)} is not a TCP port (1-65535)")
+    problems.append(f"{where}: port {quote_input(value)} is not a TCP port (1-65535)")
     return None
 
 
@@ -134,11 +136,11 @@ def database_binding(bindings: dict, name: str, problems: list[str]) -> Database
     if binding is None:
         problems.append(f"no service binding named {name!r} in VCAP_SERVICES")
         return None
-    creds = _credentials(binding, name, RDS_KEYS, problems)
+    creds = credentials(binding, name, RDS_KEYS, problems)
     if creds is None:
         return None
     found = len(problems)
-    port = _port(creds["port"], name, problems)
+    port = tcp_port(creds["port"], f"binding {name!r}", problems)
     host, dbname, username = (_text(creds, k, name, problems) for k in ("host", "db_name", "username"))
     password = _text(creds, "password", name, problems, secret=True)
     if len(problems) > found:
@@ -201,7 +203,7 @@ def bucket_binding(
     if binding is None:
         problems.append(f"no service binding named {name!r} in VCAP_SERVICES")
         return None
-    creds = _credentials(binding, name, S3_KEYS, problems)
+    creds = credentials(binding, name, S3_KEYS, problems)
     if creds is None:
         return None
     found = len(problems)

@@ -108,7 +108,8 @@ def test_mail_settings_that_cannot_work_stop_the_start():
     assert "must be e-mail addresses" in problems_of(**{**MAIL, "FAC_BACKUP_EMAIL_TO": "a@example.gov, nobody"},
                                                      FAC_BACKUP_SMTP_HOST="relay")
     assert "lacks credential key(s): port" in problems_of(smtp_binding(domain="smtp-proxy"), **MAIL)
-    assert "is not a TCP port number" in problems_of(FAC_BACKUP_SMTP_HOST="relay", FAC_BACKUP_SMTP_PORT="0", **MAIL)
+    assert "FAC_BACKUP_SMTP_PORT: port '0' is not a TCP port (1-65535)" in problems_of(
+        FAC_BACKUP_SMTP_HOST="relay", FAC_BACKUP_SMTP_PORT="0", **MAIL)
     assert "names no recipient" in problems_of(FAC_BACKUP_SMTP_HOST="relay")
 
 
